@@ -1,0 +1,78 @@
+"""The Typer CLI: a thin shell over the library. Results go to stdout, progress and logs to stderr.
+
+Each command group lives in its own module with a `register(app)` function. User errors
+(`GenevalError`) become a one-line message on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from geneval import __version__
+from geneval.errors import GenevalError
+
+# Command modules, in the order their commands appear in --help.
+COMMAND_MODULES = (
+    "geneval.cli.eval",
+    "geneval.cli.sample",
+    "geneval.cli.run",
+    "geneval.cli.recon",
+    "geneval.cli.report",
+    "geneval.cli.weights",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"geneval {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="geneval",
+        help="Evaluate generative image models: sample, extract TF-Inception features, score, report, gate.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ) -> None:
+        """geneval: numbers that match the references (ADM / TF-Inception conventions)."""
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, mapping user errors to exit 2 with a one-line message."""
+    app = build_app()
+    try:
+        app(args=argv, prog_name="geneval", standalone_mode=False)
+    except GenevalError as e:
+        msg = " ".join(str(e).split())  # one line, always
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    sys.exit(0)

@@ -1,0 +1,272 @@
+"""The tidy result model shared by eval, run, sweep, recon, report and gate.
+
+One row per (run, metric). Every row carries what shaped its number: N, seed, preprocessing
+mode, feature network + weights hash, reference hash, sampler + steps + guidance convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from geneval.errors import GenevalError
+
+# Columns in the order they appear in tables and CSV files.
+COLUMNS: tuple[str, ...] = (
+    "run_id",
+    "metric",
+    "value",
+    "std",
+    "n",
+    "higher_is_better",
+    "model",
+    "sampler",
+    "steps",
+    "guidance",
+    "convention",
+    "seed",
+    "mode",
+    "features",
+    "weights_sha256",
+    "ref_sha256",
+    "geneval_version",
+    "created_at",
+    "wall_s",
+)
+
+
+def _version() -> str:
+    from geneval import __version__
+
+    return __version__
+
+
+def new_run_id(prefix: str = "run") -> str:
+    """A sortable, unique run id: prefix-YYYYmmdd-HHMMSS-xxxxxx (UTC)."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{prefix}-{now}-{uuid.uuid4().hex[:6]}"
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class ResultRow:
+    """One number and its provenance."""
+
+    run_id: str
+    metric: str
+    value: float
+    std: float | None = None
+    n: int | None = None
+    higher_is_better: bool | None = None
+    model: str | None = None
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    convention: str | None = None
+    seed: int | None = None
+    mode: str | None = None
+    features: str | None = None
+    weights_sha256: str | None = None
+    ref_sha256: str | None = None
+    geneval_version: str = field(default_factory=_version)
+    created_at: str = field(default_factory=utc_now)
+    wall_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["value"] = _json_float(d["value"])
+        d["std"] = _json_float(d["std"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ResultRow":
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = {"run_id", "metric", "value"} - set(d)
+        if missing:
+            raise GenevalError(f"result row lacks required field(s) {sorted(missing)}: {d!r:.120}")
+        kwargs = {k: v for k, v in d.items() if k in known}
+        extra = dict(kwargs.pop("extra", None) or {})
+        extra.update({k: v for k, v in d.items() if k not in known})
+        kwargs["value"] = _parse_float(kwargs["value"])
+        kwargs["std"] = _parse_float(kwargs.get("std"))
+        return cls(**kwargs, extra=extra)
+
+
+def _json_float(x: Any) -> Any:
+    """JSON has no inf/nan; keep them as strings so nothing is silently lost."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
+def _parse_float(x: Any) -> float | None:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        return float(x) if x.strip() else None  # float() accepts "inf" and "nan"
+    return float(x)
+
+
+@dataclass
+class ResultSet:
+    """Rows from one or more runs plus the resolved configuration that produced them."""
+
+    rows: list[ResultRow]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, metric: str) -> ResultRow:
+        """The row for `metric` (the set must hold a single run)."""
+        hits = [r for r in self.rows if r.metric == metric]
+        if not hits:
+            raise KeyError(metric)
+        if len(hits) > 1:
+            raise KeyError(f"{metric} appears {len(hits)} times; select by run_id")
+        return hits[0]
+
+    def value(self, metric: str) -> float:
+        return self[metric].value
+
+    def to_frame(self):
+        """The tidy pandas DataFrame: one row per run x metric, `extra` flattened as extra_*."""
+        import pandas as pd
+
+        recs = []
+        for r in self.rows:
+            d = dataclasses.asdict(r)
+            extra = d.pop("extra") or {}
+            for k, v in extra.items():
+                d[f"extra_{k}"] = v if not isinstance(v, (dict, list)) else json.dumps(v)
+            recs.append(d)
+        df = pd.DataFrame.from_records(recs)
+        if df.empty:
+            return pd.DataFrame(columns=list(COLUMNS))
+        ordered = [c for c in COLUMNS if c in df.columns] + [c for c in df.columns if c not in COLUMNS]
+        return df[ordered]
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "geneval_version": _version(),
+            "config": self.config,
+            "results": [r.to_dict() for r in self.rows],
+        }
+
+    def extend(self, other: "ResultSet") -> "ResultSet":
+        return ResultSet(self.rows + other.rows, {**self.config, **other.config})
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that a crash leaves either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_markdown(rs: ResultSet, columns: Sequence[str] | None = None) -> str:
+    """A compact Markdown table of the rows (value ± std, n and key provenance)."""
+    cols = list(columns or ("run_id", "metric", "value", "std", "n", "mode", "sampler", "steps", "guidance", "convention", "seed"))
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for r in rs.rows:
+        d = dataclasses.asdict(r)
+        lines.append("| " + " | ".join(_fmt(d.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_results(rs: ResultSet, path: str | os.PathLike) -> Path:
+    """Write results as .json (rows + config), .csv (tidy frame) or .md, chosen by suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        atomic_write_text(path, json.dumps(rs.to_json_obj(), indent=2, default=str) + "\n")
+    elif suffix == ".csv":
+        atomic_write_text(path, rs.to_frame().to_csv(index=False))
+    elif suffix in (".md", ".markdown"):
+        atomic_write_text(path, to_markdown(rs))
+    else:
+        raise GenevalError(f"unknown results format {suffix!r} for {path}: use .json, .csv or .md")
+    return path
+
+
+def append_history(rs: ResultSet, path: str | os.PathLike) -> Path:
+    """Append each row as one JSON line to a history file (created if absent)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rs.rows:
+            f.write(json.dumps(r.to_dict(), default=str) + "\n")
+    return path
+
+
+def read_results(path: str | os.PathLike) -> ResultSet:
+    """Read any results file geneval wrote: .json, .csv or .jsonl history."""
+    path = Path(path)
+    if not path.exists():
+        raise GenevalError(f"results file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(obj, list):
+                rows, config = obj, {}
+            elif isinstance(obj, dict) and isinstance(obj.get("results"), list):
+                rows, config = obj["results"], obj.get("config") or {}
+            else:
+                raise GenevalError(f"{path}: not a geneval results file (no 'results' list)")
+            return ResultSet([ResultRow.from_dict(r) for r in rows], config)
+        if suffix == ".jsonl":
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            return ResultSet([ResultRow.from_dict(r) for r in rows])
+        if suffix == ".csv":
+            import pandas as pd
+
+            df = pd.read_csv(path)
+            rows = []
+            for rec in df.to_dict(orient="records"):
+                rec = {k: (None if isinstance(v, float) and math.isnan(v) and k != "value" else v) for k, v in rec.items()}
+                extra = {k[len("extra_"):]: rec.pop(k) for k in list(rec) if k.startswith("extra_")}
+                rec["extra"] = extra
+                rows.append(ResultRow.from_dict(rec))
+            return ResultSet(rows)
+    except GenevalError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise GenevalError(f"{path}: malformed results file ({type(e).__name__}: {e})") from None
+    raise GenevalError(f"unknown results format {suffix!r} for {path}: use .json, .csv or .jsonl")
+
+
+def rows_from(iterable: Iterable[ResultRow]) -> ResultSet:
+    return ResultSet(list(iterable))
