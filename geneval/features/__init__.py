@@ -1,0 +1,1 @@
+"""TF-Inception features: the network (inception), preprocessing modes (resize), batched extraction (extract)."""
