@@ -93,5 +93,4 @@ def _open_dataset(text: str) -> Source | None:
         images = images[start:stop]
         labels = None if labels is None else labels[start:stop]
     src = ArraySource(np.ascontiguousarray(images), labels, spec=text, kind="dataset")
-    src.meta["dataset_source"] = ds.source
     return src

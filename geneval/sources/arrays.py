@@ -6,7 +6,7 @@ given. Pixels must be uint8. Float arrays are rejected unless the caller states 
 (`float_range="0,1"` or `"-1,1"`), because guessing the range silently changes every metric:
   - "-1,1" is quantised as ADM does: ((x + 1) * 127.5).clip(0, 255) truncated to uint8;
   - "0,1" as torchvision's save_image does: (x * 255 + 0.5).clip(0, 255) truncated (= rounding).
-The conversion is recorded in `meta["quantisation"]`.
+The conversion is recorded in `Source.quantisation`.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class ArraySource(Source):
         if self.labels is not None and len(self.labels) != len(arr):
             raise GenevalError(f"{where}: {len(self.labels)} labels for {len(arr)} images")
         self.float_range = float_range
-        self.meta["quantisation"] = quantisation_note(arr.dtype, float_range)
+        self.quantisation = quantisation_note(arr.dtype, float_range)
 
     @property
     def n(self) -> int:

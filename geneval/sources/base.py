@@ -72,6 +72,7 @@ class Source(abc.ABC):
         stats: precomputed Gaussian statistics by layer ("pool3", "spatial") as (mu, sigma) float64.
         features: precomputed per-image features by layer (e.g. "pool3"), float32.
         meta: geneval metadata stored with the file (mode, weights sha256, n, ...), {} if foreign.
+        quantisation: how pixels became uint8 ("uint8 input" unless floats were converted).
         report: counts of inputs read / rejected / ignored, filled while streaming.
     """
 
@@ -83,6 +84,7 @@ class Source(abc.ABC):
         self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.features: dict[str, np.ndarray] = {}
         self.meta: dict[str, Any] = {}
+        self.quantisation = "uint8 input"
         self.report = ReadReport()
         self._hash: str | None = None
 

@@ -51,7 +51,7 @@ class NpzSource(Source):
             self.shape, self.dtype, self._header_len, self._fortran = self._arr0_header()
             self.layout = infer_layout(self.shape, f"{path}: arr_0", layout)
             check_dtype(self.dtype, f"{path}: arr_0", float_range)
-            self.meta.setdefault("quantisation", quantisation_note(self.dtype, float_range))
+            self.quantisation = quantisation_note(self.dtype, float_range)
             self.has_images = True
             self.kind = "adm-ref" if self.stats else "npz"
             if self.labels is not None and len(self.labels) != self.shape[0]:
