@@ -1,0 +1,170 @@
+"""Frozen configurations for `run` and `sweep`, loadable from CLI flags and an optional TOML file.
+
+A config is resolved once (defaults ← TOML ← explicit flags) and then written into every result
+(`config.json` next to results.json), so a number can always be traced to what produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from geneval.errors import GenevalError
+
+CONVENTIONS = ("w", "s")  # Ho & Salimans eps=(1+w)eps_c-w*eps_u  vs  LDM/diffusers eps=eps_u+s(eps_c-eps_u)
+MODES = ("tf", "pytorch", "clean")
+PRECISIONS = ("exact", "fast")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that shapes a `geneval run` (checkpoint → samples → features → metrics).
+
+    Args:
+        model: checkpoint path (native dir/file, guided-diffusion .pt, diffusers folder); None = demo.
+        preset: model preset name for checkpoints without metadata (guided-diffusion .pt).
+        metrics: comma list of metric / group names (`fid,pr`).
+        ref: reference batch / stats file; None = the demo's Fashion-MNIST test statistics.
+        n: number of samples.
+        sampler: sampler name from the sampler registry (ddim, ddpm, ...).
+        steps: number of sampling steps (respacing).
+        guidance: classifier-free guidance scale in `convention`; None = no CFG.
+        convention: "w" (w=0 unguided) or "s" (s=1 unguided).
+        classifier: noisy classifier checkpoint for classifier guidance; None = none.
+        classifier_scale: classifier guidance scale s (0 = off).
+        seed: base seed; sample i's noise depends only on (seed, i).
+        batch_size: samples per sampler / feature batch.
+        device: torch device string; None = cuda if available else cpu.
+        mode: feature preprocessing mode (tf = ADM/TF1 resize).
+        precision: feature precision (exact = fp32, fast = TF32/bf16 where allowed).
+        save_samples: optional ADM npz path to write the samples to, on the side.
+        out_dir: parent directory of `<run-id>/` report folders.
+        run_id: report folder name; None = a fresh sortable id.
+        progress: show tqdm progress bars on stderr.
+    """
+
+    model: str | None = None
+    preset: str | None = None
+    metrics: str = "fid"
+    ref: str | None = None
+    n: int = 50_000
+    sampler: str = "ddim"
+    steps: int = 25
+    guidance: float | None = None
+    convention: str = "w"
+    classifier: str | None = None
+    classifier_scale: float = 0.0
+    seed: int = 0
+    batch_size: int = 250
+    device: str | None = None
+    mode: str = "tf"
+    precision: str = "exact"
+    save_samples: str | None = None
+    out_dir: str = "reports"
+    run_id: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise GenevalError(f"n must be >= 1, got {self.n}")
+        if self.steps < 1:
+            raise GenevalError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise GenevalError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.convention not in CONVENTIONS:
+            raise GenevalError(f"unknown guidance convention {self.convention!r}: use w (w=0 unguided) or s (s=1 unguided)")
+        if self.mode not in MODES:
+            raise GenevalError(f"unknown feature mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.precision not in PRECISIONS:
+            raise GenevalError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.classifier_scale < 0:
+            raise GenevalError(f"classifier_scale must be >= 0, got {self.classifier_scale}")
+        if self.classifier_scale > 0 and not self.classifier:
+            raise GenevalError("classifier_scale > 0 needs a classifier checkpoint (--classifier)")
+
+    @property
+    def guidance_w(self) -> float | None:
+        """The CFG scale in the Ho & Salimans convention (w = s − 1), None without CFG."""
+        if self.guidance is None:
+            return None
+        return self.guidance if self.convention == "w" else self.guidance - 1.0
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: one `run` per value of one swept parameter (guidance or steps).
+
+    Args:
+        base: the run configuration every point starts from.
+        param: "guidance" or "steps".
+        values: the swept values, in order.
+        sweep_id: report folder name; None = a fresh id.
+    """
+
+    base: RunConfig
+    param: str
+    values: tuple[float, ...]
+    sweep_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.param not in ("guidance", "steps"):
+            raise GenevalError(f"can only sweep guidance or steps, not {self.param!r}")
+        if not self.values:
+            raise GenevalError(f"sweep over {self.param} needs at least one value")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"param": self.param, "values": list(self.values), "sweep_id": self.sweep_id, "base": self.base.to_dict()}
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML config file; keys are RunConfig field names (a [run] table is also accepted).
+
+    Args:
+        path: the .toml file.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GenevalError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GenevalError(f"cannot read config file {p}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise GenevalError(f"{p}: invalid TOML ({e})") from None
+    if "run" in data and isinstance(data["run"], dict):
+        data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
+    return data
+
+
+def resolve_run_config(toml: Mapping[str, Any] | None = None, **flags: Any) -> RunConfig:
+    """Defaults ← TOML values ← explicit flags (flags set to None are taken as "not given").
+
+    Args:
+        toml: values read from a config file (unknown keys are an error, never ignored).
+        flags: RunConfig fields given explicitly.
+    """
+    known = {f.name for f in fields(RunConfig)}
+    values: dict[str, Any] = {}
+    for source, mapping in (("config file", toml or {}), ("arguments", flags)):
+        unknown = sorted(set(mapping) - known)
+        if unknown:
+            raise GenevalError(f"unknown {source} key(s) {unknown}; known: {sorted(known)}")
+        values.update({k: v for k, v in mapping.items() if v is not None})
+    if isinstance(values.get("metrics"), (list, tuple)):
+        values["metrics"] = ",".join(values["metrics"])
+    try:
+        return RunConfig(**values)
+    except TypeError as e:
+        raise GenevalError(f"bad run configuration: {e}") from None
