@@ -1,7 +1,125 @@
-"""CLI commands (module owned by the part of geneval that implements them)."""
+"""`geneval report`, `geneval compare` and `geneval gate`: tables, deltas and CI regression gates."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
+from geneval.errors import GenevalError
+
+
+def _emit(text: str, out: Optional[Path]) -> None:
+    """Print to stdout, or write atomically to `out` and say so on stderr."""
+    from geneval.results import atomic_write_text
+
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(out, text)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _format(fmt: Optional[str], out: Optional[Path], allowed: tuple[str, ...]) -> str:
+    if fmt is None:
+        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+        fmt = {"markdown": "md", "htm": "html"}.get(suffix, suffix) if suffix in allowed + ("markdown", "htm") else "md"
+    fmt = fmt.lower()
+    if fmt not in allowed:
+        raise GenevalError(f"unknown format {fmt!r}; choose from {', '.join(allowed)}")
+    return fmt
+
+
+def report(
+    runs: List[Path] = typer.Argument(..., help="Results files (.json/.csv/.jsonl) or run directories holding results.json."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="md, csv, json or html (default: from --out's suffix, else md)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
+    allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show numbers measured under different N/mode/weights/reference, flagged, instead of refusing."),
+) -> None:
+    """Compare runs × metrics in one table; the best value per metric is marked.
+
+    Example: geneval report reports/run-a reports/run-b --format html --out report.html
+    """
+    from geneval.report.compare import load_runs
+    from geneval.report.tables import FORMATS, build_comparison, render
+
+    fmt = _format(fmt, out, FORMATS)
+    loaded = load_runs(runs)
+    cmp = build_comparison(loaded, allow_incomparable=allow_incomparable)
+    print(f"read {len(loaded)} run(s), {len(cmp.cells)} result row(s) from {len(runs)} input(s)", file=sys.stderr)
+    _emit(render(cmp, fmt), out)
+
+
+def compare(
+    a: Path = typer.Argument(..., help="Run A (the reference): a results file or run directory."),
+    b: Path = typer.Argument(..., help="Run B (compared with A)."),
+    z: float = typer.Option(3.0, "--z", min=0.0, help="Changes within z·σ of the difference count as noise (when stds are recorded)."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="md or json (default md)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show deltas of incomparable metrics flagged instead of refusing."),
+) -> None:
+    """Per-metric deltas of B against A, with direction (better/worse) from the metric registry.
+
+    Example: geneval compare reports/baseline-run reports/new-run
+    """
+    from geneval.report.compare import compare_runs, deltas_json, deltas_markdown, load_runs
+
+    fmt = _format(fmt, out, ("md", "json"))
+    ra, rb = load_runs([a]), load_runs([b])
+    for name, rs, path in (("A", ra, a), ("B", rb, b)):
+        if len(rs) != 1:
+            raise GenevalError(f"{name} ({path}) holds {len(rs)} runs; compare needs one run per side")
+    deltas = compare_runs(ra[0], rb[0], z=z, allow_incomparable=allow_incomparable)
+    text = deltas_markdown(deltas, z) if fmt == "md" else deltas_json(deltas, z)
+    _emit(text, out)
+
+
+def gate(
+    results: List[Path] = typer.Argument(..., help="Results files or run directories (several = seed repeats, averaged)."),
+    baseline: Path = typer.Option(..., "--baseline", "-b", help="Baseline results JSON (written by --update-baseline)."),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", "-t", help="Per-metric tolerance: fid=0.5,is=2% (% = of the baseline value; * = every metric)."),
+    z: float = typer.Option(3.0, "--z", min=0.0, help="Noise band width in standard deviations."),
+    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write RESULTS (one run, or the mean ± spread of seed repeats) as the new baseline instead of gating."),
+) -> None:
+    """Fail (exit 1) when a metric regresses beyond its noise band; exit 2 on unusable input.
+
+    Example: geneval gate reports/pr-run/results.json --baseline ci/baseline.json --tolerance fid=0.5,is=2%
+    """
+    from geneval.report.compare import load_runs
+    from geneval.report.gate import make_baseline, parse_tolerances, run_gate, verdict_markdown
+    from geneval.results import ResultSet, read_results, write_results
+
+    tols = parse_tolerances(tolerance)
+    runs = load_runs(results)
+    print(f"read {len(runs)} run(s) from {len(results)} input(s)", file=sys.stderr)
+    if update_baseline:
+        if baseline.suffix.lower() != ".json":
+            raise GenevalError(f"baseline must be a .json file, got {baseline}")
+        base = make_baseline(runs)
+        write_results(base, baseline)
+        method = base.config["baseline"]["method"]
+        summary = ", ".join(f"{r.metric}={r.value:.6g}" + (f"±{r.std:.3g}" if r.std is not None else "") for r in base.rows)
+        print(f"wrote baseline {baseline} from {len(runs)} run(s) ({method}): {summary}")
+        return
+    if not baseline.exists():
+        raise GenevalError(f"baseline {baseline} not found; create it with: geneval gate RESULTS --baseline {baseline} --update-baseline")
+    base_rs = read_results(baseline)
+    res = ResultSet([r for run in runs for r in run.rows])
+    verdict = run_gate(res, base_rs, tols, z=z, results_label=", ".join(map(str, results)), baseline_label=str(baseline))
+    md = verdict_markdown(verdict)
+    sys.stdout.write(md)
+    summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_path:
+        with open(summary_path, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    raise typer.Exit(verdict.exit_code)
+
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app (filled in by its owner)."""
+    """Add report, compare and gate to the app."""
+    app.command("report")(report)
+    app.command("compare")(compare)
+    app.command("gate")(gate)
