@@ -1,0 +1,293 @@
+"""From features to numbers: the pure glue that runs registered feature metrics on two FeatureSets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from geneval.errors import GenevalError
+from geneval.metrics.fid import frechet_distance
+from geneval.metrics.inception_score import inception_score
+from geneval.metrics.kid import kernel_inception_distance, resolve_subset_size
+from geneval.metrics.prdc import density_coverage, precision_recall
+from geneval.metrics.registry import expand_metrics, get_metric
+from geneval.metrics.stats import GaussianStats
+
+_LAYERS = ("pool3", "spatial", "logits")
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSet:
+    """Per-image features and/or precomputed Gaussian statistics of one image set.
+
+    Args:
+        pool3: (N, 2048) pool3 features, or None.
+        spatial: (N, 2023) mixed_6/conv features (first 7 channels), or None.
+        logits: (N, 1008) unbiased logits, or None.
+        pool3_stats: precomputed pool3 statistics (ADM reference mu/sigma, pytorch-fid npz).
+        spatial_stats: precomputed spatial statistics (ADM reference mu_s/sigma_s).
+        n: number of images behind the set; inferred from the arrays/statistics when None.
+    """
+
+    pool3: Any = None
+    spatial: Any = None
+    logits: Any = None
+    pool3_stats: GaussianStats | None = None
+    spatial_stats: GaussianStats | None = None
+    n: int | None = None
+
+    def __post_init__(self):
+        counts = {name: _rows(getattr(self, name)) for name in _LAYERS if getattr(self, name) is not None}
+        if len(set(counts.values())) > 1:
+            raise GenevalError(f"feature arrays disagree on the number of images: {counts}")
+        if self.n is None:
+            inferred = next(iter(counts.values()), None)
+            if inferred is None:
+                inferred = next((s.n for s in (self.pool3_stats, self.spatial_stats) if s is not None), None)
+            object.__setattr__(self, "n", inferred)
+        elif counts and self.n != next(iter(counts.values())):
+            raise GenevalError(f"FeatureSet n={self.n} but the feature arrays hold {counts}")
+
+    def features(self, layer: str) -> Any:
+        """The per-image array of `layer`, or None."""
+        return getattr(self, layer)
+
+    def given_stats(self, layer: str) -> GaussianStats | None:
+        """Precomputed statistics of `layer` ("pool3" or "spatial"), or None."""
+        return {"pool3": self.pool3_stats, "spatial": self.spatial_stats}.get(layer)
+
+
+def _rows(a: Any) -> int:
+    shape = tuple(a.shape)
+    if len(shape) != 2:
+        raise GenevalError(f"feature arrays must be 2-d (N, d), got shape {shape}")
+    return int(shape[0])
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    """Knobs of the feature metrics; every value is recorded in the result's extra fields.
+
+    Args:
+        is_convention: "adm" (consecutive 5000-chunks) or "torch-fidelity" (seeded shuffle, splits).
+        is_splits: splits for the torch-fidelity convention.
+        is_chunk_size: chunk length for the ADM convention.
+        is_seed: shuffle seed for the torch-fidelity convention.
+        kid_subsets: number of KID subsets.
+        kid_subset_size: rows per KID subset; None = min(1000, N_samples, N_ref).
+        kid_seed: RandomState seed of the KID subset draws (2020 = torch-fidelity's default).
+        pr_k: neighbourhood size of precision/recall.
+        dc_k: neighbourhood size of density/coverage.
+        block_size: rows/columns per k-NN distance block.
+        device: where the k-NN and kernel computations run ("cpu", "cuda", ...).
+    """
+
+    is_convention: str = "adm"
+    is_splits: int = 10
+    is_chunk_size: int = 5000
+    is_seed: int = 2020
+    kid_subsets: int = 100
+    kid_subset_size: int | None = None
+    kid_seed: int = 2020
+    pr_k: int = 3
+    dc_k: int = 5
+    block_size: int = 10000
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric's number with its spread and provenance.
+
+    Args:
+        name: registered metric name.
+        value: the number.
+        std: spread across splits/subsets where the metric has one, else None.
+        n: number of samples it was computed on.
+        extra: convention, k, subsets, n_ref, warnings, ... for the result row.
+    """
+
+    name: str
+    value: float
+    std: float | None
+    n: int | None
+    extra: dict = field(default_factory=dict)
+
+
+class _Context:
+    """Caches statistics and pairwise results within one compute_metrics call."""
+
+    def __init__(self, samples: FeatureSet, ref: FeatureSet | None, options: MetricOptions):
+        self.samples, self.ref, self.options = samples, ref, options
+        self._stats: dict[tuple[str, str], GaussianStats] = {}
+        self._pairs: dict[str, tuple[float, float]] = {}
+
+    def side(self, which: str) -> FeatureSet:
+        return self.samples if which == "samples" else self.ref
+
+    def stats(self, metric: str, which: str, layer: str) -> GaussianStats:
+        key = (which, layer)
+        if key not in self._stats:
+            fs = self.side(which)
+            given = fs.given_stats(layer)
+            if given is not None:
+                self._stats[key] = given
+            elif fs.features(layer) is not None:
+                n = _rows(fs.features(layer))
+                if n < 2:
+                    raise GenevalError(f"{metric} needs at least 2 {which} images for a covariance, got {n}")
+                self._stats[key] = GaussianStats.from_features(fs.features(layer))
+            else:
+                raise GenevalError(
+                    f"{metric} needs {layer} features or statistics of the {which}, which were not provided"
+                )
+        return self._stats[key]
+
+    def arrays(self, metric: str, layer: str) -> tuple[Any, Any]:
+        out = []
+        for which in ("samples", "reference"):
+            fs = self.side(which)
+            arr = fs.features(layer)
+            if arr is None:
+                only = " (it provides only mu/sigma statistics)" if fs.given_stats(layer) is not None else ""
+                raise GenevalError(
+                    f"{metric} needs per-image {layer} features of the {which}{only}; "
+                    f"pass images or an ADM reference batch with arr_0"
+                )
+            out.append(arr)
+        return out[0], out[1]
+
+    def pair(self, key: str, fn: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+        if key not in self._pairs:
+            self._pairs[key] = fn()
+        return self._pairs[key]
+
+
+def _frechet(ctx: _Context, name: str, layer: str) -> MetricValue:
+    a = ctx.stats(name, "samples", layer)
+    b = ctx.stats(name, "reference", layer)
+    if a.dim != b.dim:
+        raise GenevalError(f"{name}: samples have {a.dim}-d {layer} statistics, the reference {b.dim}-d")
+    warnings = []
+    small = [f"{w} N={s.n}" for w, s in (("samples", a), ("reference", b)) if s.n is not None and s.n < a.dim]
+    if small:
+        warnings.append(
+            f"{name} at N < {a.dim} feature dims ({', '.join(small)}) is biased; "
+            f"never compare {name.upper()}s computed at different N"
+        )
+    value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    ref_source = "statistics" if ctx.ref.given_stats(layer) is not None else "features"
+    extra = {"n_ref": b.n, "dims": a.dim, "ref_source": ref_source, "route": "eigh", "warnings": warnings}
+    return MetricValue(name, value, None, ctx.samples.n, extra)
+
+
+def _fid(ctx: _Context) -> MetricValue:
+    return _frechet(ctx, "fid", "pool3")
+
+
+def _sfid(ctx: _Context) -> MetricValue:
+    return _frechet(ctx, "sfid", "spatial")
+
+
+def _is(ctx: _Context) -> MetricValue:
+    logits = ctx.samples.logits
+    if logits is None:
+        raise GenevalError(
+            "is needs the samples' Inception logits, which need weights with the 1008-way classifier layer"
+        )
+    o = ctx.options
+    mean, std = inception_score(
+        logits, o.is_convention, splits=o.is_splits, chunk_size=o.is_chunk_size, seed=o.is_seed
+    )
+    n = _rows(logits)
+    if o.is_convention == "adm":
+        extra = {"convention": "adm", "chunk_size": o.is_chunk_size, "splits": -(-n // o.is_chunk_size)}
+    else:
+        extra = {"convention": "torch-fidelity", "splits": o.is_splits, "seed": o.is_seed}
+    extra["std_ddof"] = 0
+    return MetricValue("is", mean, std, n, extra)
+
+
+def _kid(ctx: _Context) -> MetricValue:
+    x, y = ctx.arrays("kid", "pool3")
+    o = ctx.options
+    m = resolve_subset_size(_rows(x), _rows(y), o.kid_subset_size)
+    mean, std = kernel_inception_distance(
+        x, y, subsets=o.kid_subsets, subset_size=m, seed=o.kid_seed, device=o.device
+    )
+    extra = {"subsets": o.kid_subsets, "subset_size": m, "seed": o.kid_seed, "n_ref": _rows(y), "std_ddof": 0}
+    return MetricValue("kid", mean, std, _rows(x), extra)
+
+
+def _pr(ctx: _Context, name: str) -> MetricValue:
+    x, y = ctx.arrays(name, "pool3")
+    o = ctx.options
+    prec, rec = ctx.pair("pr", lambda: precision_recall(y, x, k=o.pr_k, block_size=o.block_size, device=o.device))
+    extra = {"k": o.pr_k, "n_ref": _rows(y), "distance": "squared euclidean, float32"}
+    return MetricValue(name, prec if name == "precision" else rec, None, _rows(x), extra)
+
+
+def _dc(ctx: _Context, name: str) -> MetricValue:
+    x, y = ctx.arrays(name, "pool3")
+    o = ctx.options
+    dens, cov = ctx.pair("dc", lambda: density_coverage(y, x, k=o.dc_k, block_size=o.block_size, device=o.device))
+    extra = {"k": o.dc_k, "n_ref": _rows(y), "distance": "squared euclidean, float32"}
+    return MetricValue(name, dens if name == "density" else cov, None, _rows(x), extra)
+
+
+COMPUTERS: dict[str, Callable[[_Context], MetricValue]] = {
+    "fid": _fid,
+    "sfid": _sfid,
+    "is": _is,
+    "kid": _kid,
+    "precision": lambda ctx: _pr(ctx, "precision"),
+    "recall": lambda ctx: _pr(ctx, "recall"),
+    "density": lambda ctx: _dc(ctx, "density"),
+    "coverage": lambda ctx: _dc(ctx, "coverage"),
+}
+
+
+def compute_metrics(
+    names: str | Iterable[str],
+    samples: FeatureSet,
+    ref: FeatureSet | None = None,
+    options: MetricOptions | None = None,
+) -> list[MetricValue]:
+    """Compute Inception-feature metrics of `samples` against `ref`, in the order asked.
+
+    Args:
+        names: metric and group names ("fid,pr" or a list); see the registry.
+        samples: the generated images' features.
+        ref: the reference set's features/statistics; None when only reference-free metrics are asked.
+        options: metric knobs; defaults to MetricOptions().
+    """
+    options = options or MetricOptions()
+    wanted = expand_metrics(names)
+    for name in wanted:
+        spec = get_metric(name)
+        if name not in COMPUTERS:
+            raise GenevalError(
+                f"metric {name!r} is not computed from Inception features; feature metrics: {', '.join(COMPUTERS)}"
+            )
+        if spec.needs_ref and ref is None:
+            raise GenevalError(f"{name} compares against a reference set, but no reference was given")
+    if samples.n is not None and samples.n < 2:
+        raise GenevalError(f"metrics need at least 2 samples, got {samples.n}")
+    ctx = _Context(samples, ref, options)
+    with torch.no_grad():
+        return [COMPUTERS[name](ctx) for name in wanted]
+
+
+def stats_from_npz_arrays(arrays: dict[str, np.ndarray]) -> tuple[GaussianStats | None, GaussianStats | None]:
+    """(pool3, spatial) statistics from ADM reference-batch / pytorch-fid npz keys mu, sigma, mu_s, sigma_s.
+
+    Args:
+        arrays: the npz contents as a mapping.
+    """
+    pool3 = GaussianStats(arrays["mu"], arrays["sigma"]) if "mu" in arrays and "sigma" in arrays else None
+    spatial = GaussianStats(arrays["mu_s"], arrays["sigma_s"]) if "mu_s" in arrays and "sigma_s" in arrays else None
+    return pool3, spatial
