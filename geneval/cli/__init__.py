@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping user errors to exit 2 with a one-line message."""
     app = build_app()
     try:
-        app(args=argv, prog_name="geneval", standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`.
+        rc = app(args=argv, prog_name="geneval", standalone_mode=False)
     except GenevalError as e:
         msg = " ".join(str(e).split())  # one line, always
         print(f"error: {msg}", file=sys.stderr)
@@ -75,4 +76,4 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
-    sys.exit(0)
+    sys.exit(rc if isinstance(rc, int) else 0)
