@@ -215,3 +215,9 @@ def test_baseline_json_written_by_update_is_a_results_file(tmp_path, capsys):
     assert obj["config"]["baseline"]["runs"] == ["run-0"]
     code, _, _ = gate_cli(tmp_path, capsys, rp, bp)
     assert code == 0
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["gate"])
+    assert e.value.code == 2 and "Missing argument" in capsys.readouterr().err

@@ -72,7 +72,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as e:  # click usage errors carry their own exit code (2)
         import click
 
-        if isinstance(e, click.ClickException):
+        try:  # typer >= 0.20 raises its vendored copy of click's exceptions
+            from typer._click.exceptions import ClickException as _TyperClickException
+        except ImportError:
+            _TyperClickException = click.ClickException
+        if isinstance(e, (click.ClickException, _TyperClickException)):
             e.show()
             sys.exit(e.exit_code)
         raise
