@@ -1,0 +1,547 @@
+"""`geneval.evaluate`: images (or statistics) in, provenance-carrying metric rows out.
+
+The work is split in three reusable steps so the sampling pipeline can feed features it
+extracted itself (sampler batches → extractor in one stream) without re-reading images:
+
+1. `preflight(...)` — everything that can fail cheaply fails here, before any extraction:
+   metric names, weight files (IS needs logits), sources exist and are non-empty, the
+   reference can serve the metrics (a stats-only file serves FID/sFID only), N ≥ 2, the KID
+   subset fits N, and the N < 2048 bias warning.
+2. `features_for_source(...)` / `prepare_reference(...)` — one side's features: statistics or
+   pool3 features stored in the file when their provenance matches (mode, network), else the
+   feature cache, else streaming extraction (then cached).
+3. `score(...)` — metric math on two `SideFeatures`, returning a `ResultSet` whose rows carry N,
+   seed, mode, network, weights hash, reference hash, wall time and the metric's knobs.
+
+Stored statistics policy: a file geneval wrote carries `geneval_meta` (mode, network, weights
+hash); its statistics are used when the mode and network match (another weight file of the
+same network is used with a recorded warning), else re-extracted from its images, else an
+error. A foreign ADM reference batch is taken to be TF-pipeline statistics (mode tf); a foreign
+stats file (pytorch-fid) carries no provenance and is used with a recorded warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from geneval.errors import GenevalError
+from geneval.features.cache import FeatureCache, make_key
+from geneval.metrics.compute import FeatureSet, MetricOptions, compute_metrics
+from geneval.metrics.kid import resolve_subset_size
+from geneval.metrics.registry import expand_metrics, get_metric
+from geneval.metrics.stats import GaussianStats
+from geneval.results import ResultRow, ResultSet, new_run_id
+from geneval.sources import Source, open_source
+from geneval.sources.base import ReadReport
+
+log = logging.getLogger(__name__)
+
+IS_CONVENTIONS = ("adm", "torch-fidelity")
+BIAS_DIMS = {"fid": 2048, "sfid": 2023}
+# extra_provenance keys that are ResultRow fields rather than extras.
+_ROW_FIELDS = ("model", "sampler", "steps", "guidance", "convention")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How features are made; every field is recorded with the results.
+
+    Args:
+        mode: preprocessing (tf | pytorch | clean).
+        device: torch device for the network (None: CUDA if available, else CPU).
+        precision: exact | tf32 | fast.
+        batch_size: images per forward pass and per source batch.
+        weights: explicit TF-Inception weight file (None: geneval.weights' lookup chain).
+        cache: read and write the feature cache.
+        progress: tqdm bars on stderr.
+    """
+
+    mode: str = "tf"
+    device: str | None = None
+    precision: str = "exact"
+    batch_size: int = 64
+    weights: str | None = None
+    cache: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SideFeatures:
+    """One side (samples or reference): its FeatureSet plus where every part came from.
+
+    Args:
+        features: what the metrics consume.
+        describe: one line naming the source.
+        content_sha256: hash of the source's content (None for features made elsewhere).
+        report: counts read / rejected / ignored (None when only stored statistics were used).
+        origin: layer → "extracted" | "cache" | "file statistics" | "file features" | "given".
+        notes: warnings to record in every row (provenance doubts, bias, ...).
+    """
+
+    features: FeatureSet
+    describe: str
+    content_sha256: str | None = None
+    report: ReadReport | None = None
+    origin: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int | None:
+        return self.features.n
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], describe: str = "features",
+                    content_sha256: str | None = None, report: ReadReport | None = None) -> "SideFeatures":
+        """Wrap features extracted elsewhere (e.g. the sampling pipeline's stream).
+
+        Args:
+            arrays: layer → (N, d) features, as FeatureExtractor.extract_all returns.
+            describe: one line naming where they came from.
+            content_sha256: optional hash identifying the images.
+            report: optional read report.
+        """
+        fs = FeatureSet(pool3=arrays.get("pool3"), spatial=arrays.get("spatial"), logits=arrays.get("logits"))
+        return cls(fs, describe, content_sha256, report, {k: "given" for k in arrays})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What preflight resolved: metric names, opened sources, weights, per-side needs."""
+
+    metrics: tuple[str, ...]
+    samples: Source
+    ref: Source | None
+    weights: Any  # geneval.weights.ResolvedWeights
+    sample_needs: tuple[frozenset[str], frozenset[str]]  # (stats layers, feature layers)
+    ref_needs: tuple[frozenset[str], frozenset[str]]
+    warnings: dict[str, str]  # metric → N < dims bias warning
+
+
+def metric_needs(metrics: Iterable[str], side: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(layers needed as statistics only, layers needed as per-image features) for one side.
+
+    Args:
+        metrics: expanded metric names.
+        side: "samples" or "reference" (the reference serves only metrics with needs_ref).
+    """
+    stats, feats = set(), set()
+    for name in metrics:
+        spec = get_metric(name)
+        if side == "reference" and not spec.needs_ref:
+            continue
+        for layer in spec.needs:
+            (stats if spec.stats_suffice else feats).add(layer)
+    return frozenset(stats - feats), frozenset(feats)
+
+
+def _min_n(metrics: Iterable[str], options: MetricOptions) -> dict[str, int]:
+    """Smallest N per metric: a covariance needs 2 rows; k-NN radii need k + 1 points."""
+    need = {}
+    for name in metrics:
+        if name in ("precision", "recall"):
+            need[name] = options.pr_k + 1
+        elif name in ("density", "coverage"):
+            need[name] = options.dc_k + 1
+        else:
+            need[name] = 2
+    return need
+
+
+def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None,
+                options: MetricOptions) -> dict[str, str]:
+    """Raise on sizes no metric can use (N = 1, KID subset > N, N ≤ k); return bias warnings.
+
+    Args:
+        metrics: expanded metric names.
+        n_samples: number of sample images (None if unknown).
+        n_ref: number of reference images (None if unknown, e.g. a stats-only file).
+        options: metric knobs (k's, KID subset size).
+    """
+    metrics = list(metrics)
+    for name, low in _min_n(metrics, options).items():
+        for which, n in (("samples", n_samples), ("reference", n_ref if get_metric(name).needs_ref else None)):
+            if n is not None and n < low:
+                raise GenevalError(f"{name} needs at least {low} {which} images, got N={n}")
+    if "kid" in metrics and n_samples is not None and n_ref is not None:
+        resolve_subset_size(n_samples, n_ref, options.kid_subset_size)
+    found = {}
+    for name in metrics:
+        dims = BIAS_DIMS.get(name)
+        small = [f"{w} N={n}" for w, n in (("samples", n_samples), ("reference", n_ref)) if n is not None and dims and n < dims]
+        if small:
+            found[name] = (f"{name} with {', '.join(small)} < {dims} feature dims is biased (it falls with N): "
+                           f"compare only at equal N (papers use 50k)")
+    return found
+
+
+def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: ExtractConfig,
+              options: MetricOptions) -> Plan:
+    """Validate everything before any work; raise GenevalError with a one-line reason.
+
+    Args:
+        samples: anything `open_source` accepts.
+        ref: anything `open_source` accepts, or None.
+        metrics: metric / group names ("fid,pr").
+        config: extraction settings.
+        options: metric knobs.
+    """
+    from geneval.features.extract import PRECISIONS
+    from geneval.features.resize import MODES
+    from geneval.weights import resolve_inception
+
+    names = tuple(expand_metrics(metrics))
+    if config.mode not in MODES:
+        raise GenevalError(f"unknown mode {config.mode!r}: choose one of {', '.join(MODES)}")
+    if config.precision not in PRECISIONS:
+        raise GenevalError(f"unknown precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if config.batch_size < 1:
+        raise GenevalError(f"batch size must be >= 1, got {config.batch_size}")
+    if options.is_convention not in IS_CONVENTIONS:
+        raise GenevalError(f"unknown IS convention {options.is_convention!r}: use {' or '.join(IS_CONVENTIONS)}")
+    if options.kid_subsets < 1:
+        raise GenevalError(f"KID needs at least 1 subset, got {options.kid_subsets}")
+    needs_ref = [n for n in names if get_metric(n).needs_ref]
+    need_logits = any("logits" in get_metric(n).needs for n in names)
+    weights = resolve_inception(config.weights, need_logits=need_logits)  # MissingWeightsError names the file
+
+    sample_src = open_source(samples)
+    sample_src.check_nonempty()
+    ref_src = None
+    if ref is not None:
+        ref_src = open_source(ref)
+        ref_src.check_nonempty()
+    elif needs_ref:
+        raise GenevalError(f"{', '.join(needs_ref)} compare(s) against a reference: pass --ref (images, ADM batch or stats .npz)")
+    s_needs = metric_needs(names, "samples")
+    r_needs = metric_needs(names, "reference") if ref_src is not None else (frozenset(), frozenset())
+    _check_servable(sample_src, names, "samples", s_needs)
+    if ref_src is not None:
+        _check_servable(ref_src, needs_ref, "reference", r_needs)
+    for src in (sample_src, ref_src):
+        if src is not None:
+            _precomputed_usable(src, config.mode, weights, strict=not src.has_images)
+    n_ref = ref_src.n if ref_src is not None else None
+    found = check_sizes(names, sample_src.n, n_ref, options)
+    return Plan(names, sample_src, ref_src, weights, s_needs, r_needs, found)
+
+
+def _check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> None:
+    """A statistics-only source serves only metrics whose needs are statistics it holds."""
+    if src.has_images:
+        return
+    stats_layers, feature_layers = needs
+    bad = sorted({m for m in metrics if set(get_metric(m).needs) & set(feature_layers)})
+    missing = sorted(layer for layer in stats_layers if layer not in src.stats)
+    if bad:
+        raise GenevalError(
+            f"{which} {src.spec} holds statistics only (no images): it can serve fid/sfid, not {', '.join(bad)}"
+        )
+    if missing:
+        keys = {"pool3": "mu/sigma", "spatial": "mu_s/sigma_s"}
+        raise GenevalError(
+            f"{which} {src.spec} lacks {', '.join(keys[m] for m in missing)} statistics and has no images to compute them"
+        )
+
+
+def _precomputed_usable(src: Source, mode: str, weights: Any, strict: bool) -> tuple[bool, list[str]]:
+    """Whether a file's stored statistics/features fit this run; (usable, notes to record).
+
+    Args:
+        src: the opened source.
+        mode: the run's preprocessing mode.
+        weights: the run's resolved weights.
+        strict: raise instead of returning False (no images to fall back on).
+    """
+    from geneval.features.inception import FEATURES_NAME
+
+    if not (src.stats or src.features):
+        return False, []
+    meta = src.meta
+    reason, notes = None, []
+    if meta.get("mode"):
+        if meta["mode"] != mode:
+            reason = f"its statistics were computed in mode {meta['mode']!r}, this run uses {mode!r}"
+        elif meta.get("features", FEATURES_NAME) != FEATURES_NAME:
+            reason = f"its statistics come from network {meta['features']!r}, not {FEATURES_NAME!r}"
+        elif meta.get("weights_sha256") and meta["weights_sha256"] != weights.sha256:
+            notes.append(f"{src.spec}: statistics made from weight file sha256 {meta['weights_sha256'][:12]}…, "
+                         f"this run uses {weights.sha256[:12]}… (same network; features agree to ~1e-5)")
+    elif src.has_images:  # a foreign ADM reference batch: ADM computes it with the TF graph
+        if mode != "tf":
+            reason = f"ADM reference statistics come from the TF pipeline (mode tf), this run uses {mode!r}"
+    else:
+        notes.append(f"{src.spec}: statistics file without provenance (pytorch-fid format); "
+                     f"assuming it was computed with mode {mode!r} and TF-Inception")
+    if reason is None:
+        return True, notes
+    if strict:
+        raise GenevalError(f"{src.spec} cannot be used: {reason}; rebuild it with `geneval ref build` or pass --mode {meta.get('mode', 'tf')}")
+    return False, [f"{src.spec}: stored statistics not used ({reason}); features re-extracted from its images"]
+
+
+class _Extractors:
+    """Builds the FeatureExtractor on first use (a run served fully by caches needs none)."""
+
+    def __init__(self, config: ExtractConfig, weights: Any, need_logits: bool) -> None:
+        self.config, self.weights, self.need_logits = config, weights, need_logits
+        self._extractor = None
+
+    def get(self):
+        if self._extractor is None:
+            from geneval.features.extract import FeatureExtractor
+
+            c = self.config
+            self._extractor = FeatureExtractor(mode=c.mode, device=c.device, precision=c.precision,
+                                               weights=self.weights, need_logits=self.need_logits,
+                                               batch_size=c.batch_size)
+        return self._extractor
+
+
+def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]], config: ExtractConfig,
+                        weights: Any = None, *, extractor: Any = None, label: str = "samples") -> SideFeatures:
+    """One side's features: stored statistics/features if usable, else cache, else extraction.
+
+    Args:
+        source: an opened `Source` (or anything `open_source` accepts).
+        needs: (layers needed only as statistics, layers needed as per-image features),
+            as `metric_needs` returns.
+        config: extraction settings (mode, device, precision, batch size, cache, progress).
+        weights: resolved TF-Inception weights (None: resolve from config.weights).
+        extractor: an existing FeatureExtractor / _Extractors to reuse (None: built on demand).
+        label: "samples" or "reference", for messages.
+    """
+    from geneval.features.inception import FEATURES_NAME
+
+    src = open_source(source)
+    if weights is None:
+        from geneval.weights import resolve_inception
+
+        weights = resolve_inception(config.weights, need_logits="logits" in set(needs[1]))
+    if extractor is None:
+        extractor = _Extractors(config, weights, "logits" in set(needs[1]))
+    stats_layers, feature_layers = set(needs[0]), set(needs[1])
+    usable, notes = _precomputed_usable(src, config.mode, weights, strict=not src.has_images)
+    origin: dict[str, str] = {}
+    given_stats: dict[str, GaussianStats] = {}
+    arrays: dict[str, np.ndarray] = {}
+    n_file = src.meta.get("n")
+    if usable:
+        for layer in stats_layers & set(src.stats):
+            mu, sigma = src.stats[layer]
+            given_stats[layer] = GaussianStats(mu, sigma, src.n if src.has_images else n_file)
+            origin[layer] = "file statistics"
+        for layer in feature_layers & set(src.features):
+            arrays[layer] = src.features[layer]
+            origin[layer] = "file features"
+    todo = (stats_layers - set(given_stats)) | (feature_layers - set(arrays))
+    report = None
+    if todo:
+        if not src.has_images:  # preflight refuses this; guard direct callers
+            raise GenevalError(f"{label} {src.spec} has no images to extract {', '.join(sorted(todo))} from")
+        extracted, report, hit = _extract_cached(src, todo, config, weights, extractor, FEATURES_NAME, label)
+        for layer in todo:
+            arrays[layer] = extracted[layer]
+            origin[layer] = "cache" if hit else "extracted"
+    kept = {layer: arrays[layer] for layer in (feature_layers | (stats_layers - set(given_stats))) if layer in arrays}
+    n = report.read if report is not None else (src.n if src.has_images else n_file)
+    fs = FeatureSet(pool3=kept.get("pool3"), spatial=kept.get("spatial"), logits=kept.get("logits"),
+                    pool3_stats=given_stats.get("pool3"), spatial_stats=given_stats.get("spatial"),
+                    n=None if kept else n)
+    if notes:
+        for note in notes:
+            log.warning(note)
+    return SideFeatures(fs, src.describe(), src.content_hash(), report, origin, list(notes))
+
+
+def _extract_cached(src: Source, todo: set[str], config: ExtractConfig, weights: Any, extractor: Any,
+                    features_name: str, label: str) -> tuple[dict[str, np.ndarray], ReadReport, bool]:
+    cache = FeatureCache(enabled=config.cache)
+    key = make_key(src.content_hash(), features_name, weights.sha256, config.mode, effective_precision(config))
+    hit = cache.load(key, todo)
+    if hit is not None:
+        arrays, meta = hit
+        report = ReadReport.from_dict(meta.get("report", {}))
+        log.info("%s: features from cache (%s)", label, key.digest[:12])
+        log.info("%s: %s", label, report.summary())
+        return arrays, report, True
+    ex = extractor.get() if isinstance(extractor, _Extractors) else extractor
+    arrays = ex.extract_all((images for images, _ in src.batches(config.batch_size)),
+                            progress=config.progress, total=src.n)
+    report = src.report
+    log.info("%s: %s", label, report.summary())
+    try:
+        cache.save(key, arrays, {"report": report.to_dict(), "source": src.describe()})
+    except OSError as e:  # a full or read-only cache must not cost the user the numbers
+        log.warning("could not write the feature cache: %s", e)
+    return arrays, report, False
+
+
+def effective_precision(config: ExtractConfig) -> str:
+    """The precision extraction will really use: FeatureExtractor runs "fast" as "exact" off CUDA."""
+    if config.precision != "fast":
+        return config.precision
+    import torch
+
+    device = torch.device(config.device) if config.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return "fast" if device.type == "cuda" else "exact"
+
+
+def prepare_reference(ref: Any, metrics: str | Iterable[str], config: ExtractConfig, weights: Any = None,
+                      *, extractor: Any = None) -> SideFeatures:
+    """The reference side for `metrics`: stored statistics/features where usable, else extracted.
+
+    Args:
+        ref: a reference path / dataset name / array / opened Source.
+        metrics: metric or group names; only those comparing against a reference shape the needs.
+        config: extraction settings.
+        weights: resolved weights (None: resolve from config.weights).
+        extractor: a FeatureExtractor to reuse.
+    """
+    names = expand_metrics(metrics)
+    return features_for_source(ref, metric_needs(names, "reference"), config, weights,
+                               extractor=extractor, label="reference")
+
+
+def score(samples: SideFeatures, ref: SideFeatures | None, metrics: str | Iterable[str], *,
+          options: MetricOptions | None = None, info: dict[str, Any], seed: int | None = None,
+          run_id: str | None = None, model: str | None = None, extra_provenance: dict[str, Any] | None = None,
+          started: float | None = None, bias_warnings: dict[str, str] | None = None) -> ResultSet:
+    """Compute metrics on prepared features and wrap them as provenance-carrying result rows.
+
+    Args:
+        samples: the samples' features (SideFeatures.from_arrays for features made elsewhere).
+        ref: the reference's features, or None for reference-free metrics (IS).
+        metrics: metric or group names.
+        options: metric knobs (IS convention, KID subsets/seed, k's).
+        info: the extractor's info dict (features, weights_sha256, mode, precision).
+        seed: the seed recorded in the rows (the KID/IS draws use options' seeds).
+        run_id: id shared by the rows (default: a new one).
+        model: model name for the rows.
+        extra_provenance: sampler/steps/guidance/convention go into the row fields of that
+            name; anything else into each row's extra.
+        started: time.perf_counter() at the start of the run, for wall_s (default: now).
+        bias_warnings: metric → small-N warning from `check_sizes`, added to that metric's row.
+    """
+    started = time.perf_counter() if started is None else started
+    options = options or MetricOptions()
+    names = expand_metrics(metrics)
+    t0 = time.perf_counter()
+    values = compute_metrics(names, samples.features, None if ref is None else ref.features, options)
+    score_s = time.perf_counter() - t0
+    run_id = run_id or new_run_id("eval")
+    provenance = dict(extra_provenance or {})
+    fields = {k: provenance.pop(k) for k in _ROW_FIELDS if k in provenance}
+    if model is not None:
+        fields["model"] = model
+    base_notes = samples.notes + (ref.notes if ref is not None else [])
+    bias_warnings = bias_warnings or {}
+    wall = time.perf_counter() - started
+    rows = []
+    for v in values:
+        spec = get_metric(v.name)
+        extra = dict(v.extra)
+        warns = list(extra.pop("warnings", []) or [])
+        if v.name in bias_warnings and not any("biased" in w for w in warns):
+            warns.append(bias_warnings[v.name])
+        warns += [w for w in base_notes if w not in warns]
+        extra.update({
+            "precision": info.get("precision"),
+            "device": info.get("device"),
+            "samples": samples.describe,
+            "samples_read": None if samples.report is None else samples.report.read,
+            "samples_rejected": None if samples.report is None else samples.report.n_rejected,
+            "samples_origin": dict(samples.origin),
+            "score_s": round(score_s, 4),
+            "warnings": warns,
+        })
+        if ref is not None and spec.needs_ref:
+            extra.update({"ref": ref.describe, "ref_n": ref.n,
+                          "ref_read": None if ref.report is None else ref.report.read,
+                          "ref_rejected": None if ref.report is None else ref.report.n_rejected,
+                          "ref_origin": dict(ref.origin)})
+        extra.update(provenance)
+        rows.append(ResultRow(
+            run_id=run_id, metric=v.name, value=float(v.value), std=None if v.std is None else float(v.std),
+            n=v.n, higher_is_better=spec.higher_is_better, seed=seed, mode=info.get("mode"),
+            features=info.get("features"), weights_sha256=info.get("weights_sha256"),
+            ref_sha256=ref.content_sha256 if (ref is not None and spec.needs_ref) else None,
+            wall_s=round(wall, 3), extra=extra, **fields,
+        ))
+    return ResultSet(rows)
+
+
+def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid", mode: str = "tf",
+             device: str | None = None, precision: str = "exact", batch_size: int = 64,
+             weights: str | None = None, cache: bool = True, seed: int = 2020, is_convention: str = "adm",
+             kid_subsets: int = 100, kid_subset_size: int | None = None, progress: bool = True,
+             run_id: str | None = None, model: str | None = None,
+             extra_provenance: dict[str, Any] | None = None) -> ResultSet:
+    """Score generated images against a reference with TF-Inception metrics.
+
+    Args:
+        samples: folder, .zip, ADM .npz, .npy, dataset name, numpy array / torch tensor (uint8).
+        ref: the reference: images in any of those forms, an ADM reference batch, or a stats
+            .npz (FID/sFID only); None for reference-free metrics (IS).
+        metrics: names or groups: fid, sfid, is, kid, pr (precision, recall), dc (density, coverage).
+        mode: preprocessing: tf (ADM, default), pytorch (pytorch-fid) or clean (clean-fid).
+        device: torch device (None: CUDA if available, else CPU).
+        precision: exact (default), tf32 or fast.
+        batch_size: images per batch.
+        weights: explicit TF-Inception weight file (IS needs one with the logits layer).
+        cache: read/write the feature cache under the geneval cache dir.
+        seed: seed of the KID subset draws and the torch-fidelity IS shuffle (2020 reproduces
+            torch-fidelity's defaults); recorded in every row.
+        is_convention: adm (5000-image chunks, default) or torch-fidelity (10 shuffled splits).
+        kid_subsets: number of KID subsets.
+        kid_subset_size: rows per KID subset; None = min(1000, N_samples, N_ref); larger than
+            either N is an error.
+        progress: progress bars on stderr.
+        run_id: id shared by the rows (default: a new one).
+        model: model name recorded in the rows.
+        extra_provenance: sampler/steps/guidance/convention fill those row fields; other keys
+            go to each row's extra.
+    Raises:
+        GenevalError: bad input, found before any extraction where possible.
+    """
+    started = time.perf_counter()
+    config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress)
+    options = MetricOptions(is_convention=is_convention, is_seed=seed, kid_subsets=kid_subsets,
+                            kid_subset_size=kid_subset_size, kid_seed=seed)
+    plan = preflight(samples, ref, metrics, config, options)
+    for w in plan.warnings.values():
+        warnings.warn(w, stacklevel=2)
+        log.warning(w)
+    extractor = _Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics))
+    side = features_for_source(plan.samples, plan.sample_needs, config, plan.weights, extractor=extractor, label="samples")
+    ref_side = None
+    if plan.ref is not None:
+        ref_side = features_for_source(plan.ref, plan.ref_needs, config, plan.weights, extractor=extractor, label="reference")
+    # Rejected files can shrink N after preflight: check again before any number is made.
+    check_sizes(plan.metrics, side.n, None if ref_side is None else ref_side.n, options)
+    info = _info(extractor, config, plan.weights)
+    rs = score(side, ref_side, plan.metrics, options=options, info=info, seed=seed, run_id=run_id, model=model,
+               extra_provenance=extra_provenance, started=started, bias_warnings=plan.warnings)
+    rs.config = {
+        "command": "eval", "samples": side.describe, "ref": None if ref_side is None else ref_side.describe,
+        "metrics": list(plan.metrics), **asdict(config), "precision_used": info.get("precision"),
+        "options": asdict(options), "samples_report": None if side.report is None else side.report.to_dict(),
+        "ref_report": None if (ref_side is None or ref_side.report is None) else ref_side.report.to_dict(),
+        "warnings": list(plan.warnings.values()),
+    }
+    return rs
+
+
+def _info(extractor: _Extractors, config: ExtractConfig, weights: Any) -> dict[str, Any]:
+    """The extractor's provenance; built from config/weights when no extraction ran."""
+    if extractor._extractor is not None:
+        return dict(extractor._extractor.info)
+    from geneval.features.inception import FEATURES_NAME
+
+    return {"features": FEATURES_NAME, "weights_sha256": weights.sha256, "mode": config.mode,
+            "precision": config.precision, "device": config.device, "has_logits": weights.has_logits}
