@@ -1,0 +1,111 @@
+"""The ADM noisy classifier: the UNet's encoder half plus an attention-pool head.
+
+Module names follow guided-diffusion's `EncoderUNetModel(pool="attention")`, so its released
+classifier `.pt` files load strictly: time_embed.{0,2}, input_blocks..., middle_block.{0,1,2},
+out.0 (norm), out.2.{positional_embedding, qkv_proj, c_proj}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from geneval.models.nn import (
+    AttentionBlock,
+    AttentionPool2d,
+    Downsample,
+    ResBlock,
+    TimestepEmbedSequential,
+    normalization,
+    timestep_embedding,
+)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Architecture of an ADM classifier (guided-diffusion's classifier_* flags).
+
+    Args:
+        image_size: input resolution.
+        in_channels: image channels.
+        model_channels: "classifier_width".
+        out_channels: number of classes.
+        num_res_blocks: "classifier_depth".
+        attention_resolutions: feature-map sizes in pixels with attention.
+        channel_mult: width multiplier per level.
+        num_head_channels: channels per attention head (ADM uses 64).
+        use_scale_shift_norm, resblock_updown, use_new_attention_order: as in UNetConfig.
+    """
+
+    image_size: int
+    in_channels: int = 3
+    model_channels: int = 128
+    out_channels: int = 1000
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (32, 16, 8)
+    channel_mult: tuple[float, ...] = (1, 2, 3, 4)
+    num_heads: int = 1
+    num_head_channels: int = 64
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    use_new_attention_order: bool = False
+    conv_resample: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown classifier config fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class EncoderUNet(nn.Module):
+    """ADM noisy classifier: forward(x_t, t) -> class logits (N, out_channels)."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = c = config
+        attn_ds = {c.image_size // r for r in c.attention_resolutions}
+        emb_dim = c.model_channels * 4
+        self.time_embed = nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+        def res(ch_in: int, ch_out: int, **kw: bool) -> ResBlock:
+            return ResBlock(ch_in, emb_dim, 0.0, out_channels=ch_out, use_scale_shift_norm=c.use_scale_shift_norm, **kw)
+
+        def attn(ch: int) -> AttentionBlock:
+            return AttentionBlock(ch, c.num_heads, c.num_head_channels, c.use_new_attention_order)
+
+        ch = int(c.channel_mult[0] * c.model_channels)
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
+        ds = 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, int(mult * c.model_channels))]
+                ch = int(mult * c.model_channels)
+                if ds in attn_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+            if level != len(c.channel_mult) - 1:
+                down = res(ch, ch, down=True) if c.resblock_updown else Downsample(ch, c.conv_resample)
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                ds *= 2
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.out = nn.Sequential(
+            normalization(ch), nn.SiLU(), AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels)
+        )
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Class logits for noisy images x at network timesteps t."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        h = x
+        for module in self.input_blocks:
+            h = module(h, emb)
+        return self.out(self.middle_block(h, emb))

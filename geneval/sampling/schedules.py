@@ -1,0 +1,220 @@
+"""Diffusion noise schedules and guided-diffusion timestep respacing, in float64 numpy.
+
+A `DiffusionConfig` describes how a model was trained (β schedule, T, prediction type, variance
+type, timestep rescaling). `make_schedule(config, respacing)` returns the `Schedule` a sampler
+walks: the kept original timesteps and the ᾱ at them. The model always receives the ORIGINAL
+timestep index (or t·1000/T as a float for IDDPM models trained with rescale_timesteps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from geneval.errors import GenevalError
+
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
+PREDICTION_TYPES = ("eps", "x0", "v")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """How a diffusion model was trained.
+
+    Args:
+        num_timesteps: T, the number of training timesteps.
+        beta_schedule: "linear" (ADM, β 1e-4→2e-2 scaled by 1000/T), "cosine" (IDDPM) or
+            "scaled_linear" (LDM/SD: linspace(√β_start, √β_end)²).
+        beta_start, beta_end: endpoints for "scaled_linear" (and "linear" if given explicitly).
+        prediction_type: what the net predicts: "eps", "x0" or "v".
+        variance_type: "learned_range" for 2C-output models, else the fixed DDPM variance.
+        rescale_timesteps: feed t·1000/T (float) instead of t (IDDPM's flag).
+    """
+
+    num_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float | None = None
+    beta_end: float | None = None
+    prediction_type: str = "eps"
+    variance_type: str = "fixed_small"
+    rescale_timesteps: bool = False
+
+    def __post_init__(self) -> None:
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise GenevalError(f"unknown beta schedule {self.beta_schedule!r}; known: {', '.join(BETA_SCHEDULES)}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise GenevalError(f"unknown prediction type {self.prediction_type!r}; known: {', '.join(PREDICTION_TYPES)}")
+        if self.variance_type not in VARIANCE_TYPES:
+            raise GenevalError(f"unknown variance type {self.variance_type!r}; known: {', '.join(VARIANCE_TYPES)}")
+        if self.num_timesteps < 1:
+            raise GenevalError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+
+    def betas(self) -> np.ndarray:
+        """The training β_t, float64, length T."""
+        return named_betas(self.beta_schedule, self.num_timesteps, self.beta_start, self.beta_end)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
+        return cls(**d)
+
+
+def named_betas(name: str, T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+    """β_1..β_T for a named schedule, in float64."""
+    if name == "linear":
+        scale = 1000.0 / T  # keeps the total noise level when T != 1000 (guided-diffusion)
+        lo = beta_start if beta_start is not None else scale * 1e-4
+        hi = beta_end if beta_end is not None else scale * 2e-2
+        return np.linspace(lo, hi, T, dtype=np.float64)
+    if name == "scaled_linear":
+        lo = 0.00085 if beta_start is None else beta_start
+        hi = 0.012 if beta_end is None else beta_end
+        return np.linspace(lo**0.5, hi**0.5, T, dtype=np.float64) ** 2
+    if name == "cosine":
+        def abar(s: float) -> float:
+            return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=np.float64)
+    raise GenevalError(f"unknown beta schedule {name!r}; known: {', '.join(BETA_SCHEDULES)}")
+
+
+def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
+    """The original timesteps kept by a guided-diffusion respacing spec, sorted ascending.
+
+    "ddimN": stride s from 0 with exactly N steps; "N": N steps evenly spread over [0, T−1]
+    (including both ends); "a,b,c": the range split into equal sections with a, b, c steps
+    each; a list of ints: the section counts.
+    """
+    if isinstance(respacing, str):
+        spec = respacing.strip()
+        if spec.startswith("ddim"):
+            try:
+                want = int(spec[4:])
+            except ValueError:
+                raise GenevalError(f"bad respacing {respacing!r}: expected ddimN") from None
+            for stride in range(1, T):
+                if len(range(0, T, stride)) == want:
+                    return list(range(0, T, stride))
+            if want == T:
+                return list(range(T))
+            raise GenevalError(f"respacing {respacing!r}: no integer stride gives exactly {want} of {T} steps; use respacing '{want}' instead")
+        try:
+            counts = [int(x) for x in spec.split(",")]
+        except ValueError:
+            raise GenevalError(f"bad respacing {respacing!r}: expected 'N', 'ddimN' or 'a,b,c'") from None
+    else:
+        counts = [int(x) for x in respacing]
+    if any(c < 1 for c in counts):
+        raise GenevalError(f"respacing {respacing!r}: step counts must be >= 1")
+    size_per, extra = divmod(T, len(counts))
+    start, steps = 0, []
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise GenevalError(f"respacing {respacing!r}: cannot take {count} steps from a section of {size}")
+        stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        cur = 0.0
+        for _ in range(count):  # accumulate the stride exactly as guided-diffusion does (float sums)
+            steps.append(start + round(cur))
+            cur += stride
+        start += size
+    return sorted(set(steps))
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A (possibly respaced) discrete schedule, ready for sampling. Arrays are float64.
+
+    Args:
+        config: the training DiffusionConfig.
+        timesteps: original timestep index for each kept step, ascending (length S).
+        alphas_cumprod: ᾱ at the kept steps (length S).
+        base_alphas_cumprod: ᾱ of the full training schedule (length T), for σ↔t conversion.
+        respacing: the spec that produced it.
+    """
+
+    config: DiffusionConfig
+    timesteps: np.ndarray
+    alphas_cumprod: np.ndarray
+    base_alphas_cumprod: np.ndarray
+    respacing: str = ""
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def alphas_cumprod_prev(self) -> np.ndarray:
+        return np.append(1.0, self.alphas_cumprod[:-1])
+
+    @property
+    def betas(self) -> np.ndarray:
+        """Respaced β, recomputed from the kept ᾱ (β_i = 1 − ᾱ_i/ᾱ_{i−1})."""
+        return 1.0 - self.alphas_cumprod / self.alphas_cumprod_prev
+
+    @property
+    def posterior_variance(self) -> np.ndarray:
+        """β̃ = β(1−ᾱ_prev)/(1−ᾱ) (the "fixed small" variance)."""
+        return self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def posterior_log_variance_clipped(self) -> np.ndarray:
+        """log β̃ with the t=0 entry (which is 0) replaced by β̃_1, as guided-diffusion does."""
+        pv = self.posterior_variance
+        if len(pv) == 1:
+            return np.log(np.maximum(pv, 1e-20))
+        return np.log(np.append(pv[1], pv[1:]))
+
+    def model_timestep(self, i: int, batch: int, device: torch.device | str) -> torch.Tensor:
+        """The timestep tensor the NETWORK receives at kept step i (original or rescaled t)."""
+        t = int(self.timesteps[i])
+        if self.config.rescale_timesteps:
+            return torch.full((batch,), t * (1000.0 / self.config.num_timesteps), dtype=torch.float32, device=device)
+        return torch.full((batch,), t, dtype=torch.long, device=device)
+
+    def base_sigmas(self) -> np.ndarray:
+        """σ_t = √((1−ᾱ)/ᾱ) over the full training schedule (ascending)."""
+        a = self.base_alphas_cumprod
+        return np.sqrt((1.0 - a) / a)
+
+    def sigma_to_t(self, sigma: float) -> float:
+        """Fractional original timestep for σ by linear interpolation of log σ (k-diffusion style)."""
+        log_sigmas = np.log(self.base_sigmas())
+        ts = np.arange(len(log_sigmas), dtype=np.float64)
+        return float(np.interp(math.log(sigma), log_sigmas, ts))
+
+    def model_timestep_from_sigma(self, sigma: float, batch: int, device: torch.device | str) -> torch.Tensor:
+        """The (float) timestep tensor the network receives for a continuous σ."""
+        t = self.sigma_to_t(sigma)
+        if self.config.rescale_timesteps:
+            t *= 1000.0 / self.config.num_timesteps
+        return torch.full((batch,), t, dtype=torch.float32, device=device)
+
+
+def make_schedule(config: DiffusionConfig, respacing: str | list[int] | None = None) -> Schedule:
+    """Build the Schedule for a training config and a respacing spec (None: all T steps)."""
+    betas = config.betas()
+    abar = np.cumprod(1.0 - betas)
+    if respacing is None or respacing == "":
+        kept = list(range(config.num_timesteps))
+        spec = str(config.num_timesteps)
+    else:
+        kept = space_timesteps(config.num_timesteps, respacing)
+        spec = respacing if isinstance(respacing, str) else ",".join(map(str, respacing))
+    idx = np.asarray(kept, dtype=np.int64)
+    return Schedule(config, idx, abar[idx].copy(), abar, spec)
+
+
+def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) σ_0 > … > σ_{n−1} followed by a final 0 (length n+1)."""
+    ramp = np.linspace(0, 1, n) if n > 1 else np.zeros(1)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
