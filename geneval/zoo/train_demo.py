@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geneval.models.classifier import ClassifierConfig, EncoderUNet
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
@@ -44,6 +45,19 @@ DEMO_UNET = UNetConfig(
     num_classes=NUM_CLASSES + 1,
     num_head_channels=32,
     use_scale_shift_norm=True,
+)
+# The demo noisy classifier: ADM's EncoderUNet (attention pooling), same widths.
+DEMO_CLASSIFIER = ClassifierConfig(
+    image_size=32,
+    in_channels=1,
+    model_channels=32,
+    out_channels=NUM_CLASSES,
+    num_res_blocks=1,
+    attention_resolutions=(8,),
+    channel_mult=(1, 2, 2),
+    num_head_channels=32,
+    use_scale_shift_norm=True,
+    resblock_updown=True,
 )
 DEMO_DIFFUSION = DiffusionConfig(num_timesteps=1000, beta_schedule="cosine", prediction_type="eps", variance_type="fixed_small")
 
@@ -81,9 +95,7 @@ def _train(args: argparse.Namespace, kind: str) -> None:
     if kind == "unet":
         net = UNetModel(DEMO_UNET).to(device)
     else:
-        from geneval.models.classifier import ClassifierConfig, EncoderUNetModel
-
-        net = EncoderUNetModel(ClassifierConfig(**DEMO_CLASSIFIER_KW)).to(device)
+        net = EncoderUNet(DEMO_CLASSIFIER).to(device)
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0 if kind == "unet" else 0.05)
     step, wall_done = 0, 0.0
@@ -127,7 +139,7 @@ def _train(args: argparse.Namespace, kind: str) -> None:
                     ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
                 else:
                     ema[k].copy_(v)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % args.log_every == 0:
             _log(work, {"step": step, "loss": float(np.mean(losses[-args.log_every:])), "lr": lr, "wall_s": round(wall_done + time.time() - t_start, 1)})
         if time.time() - last_save > args.save_every:
@@ -157,22 +169,6 @@ def _train(args: argparse.Namespace, kind: str) -> None:
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     _log(work, {"done": True, **meta})
-
-
-# The demo noisy classifier (ADM EncoderUNet with attention pooling), small.
-DEMO_CLASSIFIER_KW: dict[str, Any] = dict(
-    image_size=32,
-    in_channels=1,
-    model_channels=32,
-    out_channels=NUM_CLASSES,
-    num_res_blocks=1,
-    attention_resolutions=(8,),
-    channel_mult=(1, 2, 2),
-    num_head_channels=32,
-    use_scale_shift_norm=True,
-    resblock_updown=True,
-    pool="attention",
-)
 
 
 def main(argv: list[str] | None = None) -> None:
