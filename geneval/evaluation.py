@@ -516,7 +516,6 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
     plan = preflight(samples, ref, metrics, config, options)
     for w in plan.warnings.values():
         warnings.warn(w, stacklevel=2)
-        log.warning(w)
     extractor = _Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics))
     side = features_for_source(plan.samples, plan.sample_needs, config, plan.weights, extractor=extractor, label="samples")
     ref_side = None

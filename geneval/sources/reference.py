@@ -122,6 +122,7 @@ def write_reference(out: str | os.PathLike, stats: dict[str, tuple[np.ndarray, n
             for key, arr in arrays.items():
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, arr, allow_pickle=False)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a reference is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,6 +131,12 @@ def write_reference(out: str | os.PathLike, stats: dict[str, tuple[np.ndarray, n
         if images is not None:
             images.discard()
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_spooled(zf: zipfile.ZipFile, spool: ImageSpool) -> None:
