@@ -90,3 +90,14 @@ def test_identical_sets_and_errors(rng):
         bad = x.copy()
         bad[0, 0] = np.inf
         density_coverage(x, bad)
+
+
+def test_fp32_precision_scoped(sets):
+    real, fake = sets
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        precision_recall(real, fake)
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

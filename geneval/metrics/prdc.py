@@ -19,6 +19,7 @@ on discrete data).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,17 @@ def _pair(real: Any, fake: Any, device, dtype, k: int, block_size: int):
     if k < 1:
         raise GenevalError(f"k must be ≥ 1, got {k}")
     return r, f
+
+
+@contextmanager
+def _full_fp32_matmul():
+    """Scoped: keep float32 matmuls in full precision; TF32 (~1e-3) would move points across radii."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def _blocks(a: torch.Tensor, b: torch.Tensor, block_size: int) -> Iterator[tuple[slice, slice, torch.Tensor]]:
@@ -108,13 +120,14 @@ def precision_recall(
         dtype: float32 (default) or float64 distances.
     """
     r, f = _pair(real, fake, device, dtype, k, block_size)
-    r_real = knn_radii(r, k, block_size)
-    r_fake = knn_radii(f, k, block_size)
-    fake_in_real = torch.zeros(f.shape[0], dtype=torch.bool, device=r.device)
-    real_in_fake = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
-    for rows, cols, d in _blocks(r, f, block_size):
-        fake_in_real[cols] |= (d <= r_real[rows, None]).any(dim=0)
-        real_in_fake[rows] |= (d <= r_fake[None, cols]).any(dim=1)
+    with torch.no_grad(), _full_fp32_matmul():
+        r_real = knn_radii(r, k, block_size)
+        r_fake = knn_radii(f, k, block_size)
+        fake_in_real = torch.zeros(f.shape[0], dtype=torch.bool, device=r.device)
+        real_in_fake = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
+        for rows, cols, d in _blocks(r, f, block_size):
+            fake_in_real[cols] |= (d <= r_real[rows, None]).any(dim=0)
+            real_in_fake[rows] |= (d <= r_fake[None, cols]).any(dim=1)
     return float(fake_in_real.double().mean()), float(real_in_fake.double().mean())
 
 
@@ -140,12 +153,13 @@ def density_coverage(
         dtype: float32 (default) or float64 distances.
     """
     r, f = _pair(real, fake, device, dtype, k, block_size)
-    r_real = knn_radii(r, k, block_size)
-    counts = torch.zeros(f.shape[0], dtype=torch.int64, device=r.device)
-    covered = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
-    for rows, cols, d in _blocks(r, f, block_size):
-        inside = d <= r_real[rows, None]
-        counts[cols] += inside.sum(dim=0)
-        covered[rows] |= inside.any(dim=1)
+    with torch.no_grad(), _full_fp32_matmul():
+        r_real = knn_radii(r, k, block_size)
+        counts = torch.zeros(f.shape[0], dtype=torch.int64, device=r.device)
+        covered = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
+        for rows, cols, d in _blocks(r, f, block_size):
+            inside = d <= r_real[rows, None]
+            counts[cols] += inside.sum(dim=0)
+            covered[rows] |= inside.any(dim=1)
     density = float(counts.sum().item()) / (k * f.shape[0])
     return density, float(covered.double().mean())
