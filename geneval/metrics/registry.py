@@ -14,7 +14,8 @@ class MetricSpec:
 
     Args:
         name: the name users type (`--metrics fid,is`) and results carry.
-        higher_is_better: the direction gates and reports use.
+        higher_is_better: the direction gates and reports use; None for diagnostics without one
+            (e.g. a latent's std), which gates must not judge.
         needs: feature layers the extractor must produce for it, e.g. ("pool3",), ("spatial",),
             ("logits",); empty for metrics on pixels or codes.
         needs_ref: whether it compares against a reference set.
@@ -26,7 +27,7 @@ class MetricSpec:
     """
 
     name: str
-    higher_is_better: bool
+    higher_is_better: bool | None
     needs: tuple[str, ...]
     needs_ref: bool
     group: str
