@@ -112,10 +112,21 @@ WEIGHTS: dict[str, WeightFile] = {
             description="torchvision ImageNet VGG16: the LPIPS 'vgg' backbone",
             kind="backbone",
         ),
+        WeightFile(
+            name="squeezenet1_1",
+            filename="squeezenet1_1-b8a52dc0.pth",
+            sha256="b8a52dc0",
+            urls=("https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",),
+            has_logits=False,
+            format="state_dict",
+            description="torchvision ImageNet SqueezeNet 1.1: the LPIPS 'squeeze' backbone",
+            kind="backbone",
+        ),
     )
 }
 _LOGITS_FILES = ("pytorch-fid", "torch-fidelity")
-_BACKBONES = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16"}
+_BACKBONES = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16",
+              "squeeze": "squeezenet1_1", "squeezenet1_1": "squeezenet1_1"}
 
 
 def cache_dir(create: bool = False) -> Path:
@@ -310,7 +321,7 @@ def _find_verified(w: WeightFile) -> tuple[str, Path, str] | None:
 
 
 def resolve_torchvision_backbone(net: str, path: str | os.PathLike | None = None) -> Path:
-    """Path of torchvision's ImageNet weights for an LPIPS backbone ("alex" or "vgg").
+    """Path of torchvision's ImageNet weights for an LPIPS backbone ("alex", "vgg" or "squeeze").
 
     Args:
         net: ``alex`` / ``alexnet`` or ``vgg`` / ``vgg16``.
@@ -319,7 +330,7 @@ def resolve_torchvision_backbone(net: str, path: str | os.PathLike | None = None
         MissingWeightsError: the file is in neither the torch hub cache nor geneval's cache.
     """
     if net not in _BACKBONES:
-        raise GenevalError(f"unknown LPIPS backbone {net!r}: use alex or vgg")
+        raise GenevalError(f"unknown LPIPS backbone {net!r}: use alex, vgg or squeeze")
     w = WEIGHTS[_BACKBONES[net]]
     if path is not None:
         p = Path(path)
