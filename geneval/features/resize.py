@@ -105,7 +105,7 @@ def _preprocess_clean(x: torch.Tensor) -> torch.Tensor:
             out[i, c] = np.asarray(img.resize((SIZE, SIZE), resample=Image.BICUBIC))
     # clean-fid clips the bicubic overshoot back into the pixel range.
     out = np.clip(out, 0.0, 255.0)
-    return (torch.from_numpy(out).to(x.device) - 128.0) / 128.0
+    return (torch.from_numpy(out) - 128.0) / 128.0
 
 
 _MODES = {"tf": _preprocess_tf, "pytorch": _preprocess_pytorch, "clean": _preprocess_clean}
@@ -122,6 +122,7 @@ def preprocess(images: np.ndarray | torch.Tensor, mode: str = "tf", device: torc
     if mode not in _MODES:
         raise GenevalError(f"unknown resize mode {mode!r}: choose one of {', '.join(MODES)}")
     x = to_nchw_uint8(images)
-    if device is not None:
-        x = x.to(device, non_blocking=True)
-    return _MODES[mode](x).contiguous()
+    device = torch.device(device) if device is not None else x.device
+    if mode == "clean":  # PIL runs on the CPU; only the result moves
+        return _preprocess_clean(x.cpu()).to(device)
+    return _MODES[mode](x.to(device, non_blocking=True)).contiguous()
