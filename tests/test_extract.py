@@ -77,12 +77,19 @@ def test_fast_on_cpu_falls_back_to_exact():
 
 
 def test_tf32_scope_restores_global_flags():
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    with tf32_scope(not before[0]):
-        assert torch.backends.cuda.matmul.allow_tf32 == (not before[0])
-    with pytest.raises(ZeroDivisionError), tf32_scope(True):
+    def flags():
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                torch.get_float32_matmul_precision())
+
+    before = flags()
+    with tf32_scope(True):
+        assert flags() == (True, True, "high")
+    with tf32_scope(False):
+        assert flags() == (False, False, "highest")
+    assert flags() == before
+    with pytest.raises(ZeroDivisionError), tf32_scope(not before[0]):
         1 / 0
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
+    assert flags() == before
 
 
 @pytest.mark.gpu

@@ -35,13 +35,17 @@ _MODELS: dict[tuple[str, str, str], TFInception] = {}
 
 @contextlib.contextmanager
 def tf32_scope(enabled: bool) -> Iterator[None]:
-    """Set TF32 for CUDA matmuls and cuDNN convolutions inside the block only."""
+    """Allow or forbid reduced-precision fp32 (TF32 matmuls/convolutions) inside the block only."""
+    precision = torch.get_float32_matmul_precision()
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    # "highest" also keeps CPU matmuls off bf16 paths that "medium" would allow.
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
+        torch.set_float32_matmul_precision(precision)
         torch.backends.cuda.matmul.allow_tf32 = matmul
         torch.backends.cudnn.allow_tf32 = cudnn
 
