@@ -1,0 +1,365 @@
+"""Batched generation: `sample` streams uint8 batches; `sample_to_npz` writes a resumable ADM npz.
+
+Sample i is a function of (model, SamplingConfig, i) only: its noise comes from seed + i, its
+label from a prefix-stable stream of `seed`, and (with `align`) its network arithmetic from a
+fixed chunk layout, so outputs are bit-identical for any batch size on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from geneval.errors import GenevalError
+from geneval.sampling.aligned import aligned_call
+from geneval.sampling.guidance import CONVENTIONS, cfg_model_fn, cfg_scale, classifier_cond_fn
+from geneval.sampling.noise import NoiseSource
+from geneval.sampling.samplers import get_sampler
+from geneval.sampling.schedules import make_schedule
+
+QUANTISATIONS = {
+    "truncate": "adm-truncate: ((x+1)*127.5).clamp(0,255).to(uint8)",
+    "round": "edm-round: (x*127.5+128).clamp(0,255).to(uint8)",
+}
+QUANTISATION = QUANTISATIONS["truncate"]  # the default rule, recorded with every sample set
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Everything that shapes a sample set (recorded with it).
+
+    Args:
+        n: number of samples.
+        sampler: registered sampler name (geneval.sampling.samplers.SAMPLERS).
+        steps: sampling steps (the respacing count for ddpm/ddim; sigma count for the ODE samplers).
+        respacing: explicit guided-diffusion respacing ("250", "ddim25", "10,20,30"); None: the
+            sampler's default ("ddim{steps}" for ddim, "{steps}" otherwise).
+        eta: DDIM η.
+        variance: DDPM variance override (fixed_small / fixed_large / learned_range).
+        guidance: classifier-free guidance value in `convention`; None: no CFG.
+        convention: "w" (Ho & Salimans, 0 = unguided) or "s" (diffusers/LDM, 1 = unguided).
+        classifier_scale: classifier-guidance scale (0: off).
+        seed: base seed; sample i uses seed + i.
+        clip_denoised: clip x̂0 to [-1, 1] at every step.
+        quantize: "truncate" (ADM) or "round" (EDM/DiT).
+        autocast_bf16: run the networks under bf16 autocast (CUDA).
+        align: chunk size of batch-invariant network evaluation (0: off, fastest on GPU).
+    """
+
+    n: int
+    sampler: str = "ddim"
+    steps: int = 25
+    respacing: str | None = None
+    eta: float = 0.0
+    variance: str | None = None
+    guidance: float | None = None
+    convention: str = "w"
+    classifier_scale: float = 0.0
+    seed: int = 0
+    clip_denoised: bool = True
+    quantize: str = "truncate"
+    autocast_bf16: bool = False
+    align: int = 8
+
+    def validate(self) -> None:
+        """Raise GenevalError for values that make no sense, before anything is loaded."""
+        spec = get_sampler(self.sampler)
+        if self.n < 1:
+            raise GenevalError(f"n must be >= 1, got {self.n}")
+        if self.steps < 1:
+            raise GenevalError(f"steps must be >= 1, got {self.steps}")
+        if self.convention not in CONVENTIONS:
+            raise GenevalError(f"unknown guidance convention {self.convention!r}; use 'w' or 's'")
+        if self.quantize not in QUANTISATIONS:
+            raise GenevalError(f"unknown quantisation {self.quantize!r}; known: {', '.join(QUANTISATIONS)}")
+        if self.classifier_scale < 0:
+            raise GenevalError(f"classifier scale must be >= 0, got {self.classifier_scale}")
+        if self.classifier_scale > 0 and not spec.supports_classifier_guidance:
+            raise GenevalError(f"sampler {self.sampler} does not support classifier guidance; use ddim or ddpm")
+        if self.align < 0:
+            raise GenevalError(f"align must be >= 0, got {self.align}")
+
+    @property
+    def cfg_s(self) -> float | None:
+        """Guidance in the s convention (None: no classifier-free guidance)."""
+        return None if self.guidance is None else cfg_scale(self.guidance, self.convention)
+
+    def resolved_respacing(self) -> str:
+        return self.respacing or get_sampler(self.sampler).default_respacing.format(steps=self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(respacing=self.resolved_respacing(), quantisation_rule=QUANTISATIONS[self.quantize], cfg_s=self.cfg_s)
+        return d
+
+
+@dataclass
+class SampleBatch:
+    """One batch of finished samples: images uint8 (B, H, W, C), labels (B,) or None, global indices."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    indices: np.ndarray
+
+
+def check_models(model: Any, cfg: SamplingConfig, classifier: Any = None) -> None:
+    """Raise GenevalError if the models cannot do what cfg asks (before any sampling)."""
+    if model.kind != "unet":
+        raise GenevalError(f"{model.source} is a {model.kind}, not a diffusion UNet")
+    if classifier is not None and classifier.kind != "classifier":
+        raise GenevalError(f"--classifier {classifier.source} is a {classifier.kind}, not a noisy classifier")
+    if cfg.classifier_scale > 0 and classifier is None:
+        raise GenevalError("classifier guidance (classifier scale > 0) needs a classifier checkpoint (--classifier)")
+    s = cfg.cfg_s
+    if s is not None and s != 1.0:
+        if not model.is_conditional:
+            hint = " (use --classifier with --classifier-scale for classifier guidance)" if classifier is None else ""
+            raise GenevalError(f"classifier-free guidance needs a class-conditional model; {model.source} is unconditional{hint}")
+        if model.null_class is None:
+            raise GenevalError(f"classifier-free guidance needs a model trained with a null class; {model.source} has none")
+    if classifier is not None and classifier.image_size != model.image_size:
+        raise GenevalError(f"classifier is {classifier.image_size}px but the model is {model.image_size}px")
+    if model.is_conditional and classifier is not None and classifier.num_classes != model.num_classes:
+        raise GenevalError(f"classifier has {classifier.num_classes} classes, the model {model.num_classes}")
+    make_schedule(model.diffusion, cfg.resolved_respacing())  # bad respacing fails here
+
+
+def draw_labels(lo: int, hi: int, num_classes: int | None, seed: int, classes: int | Sequence[int] | None) -> np.ndarray | None:
+    """Labels of samples lo..hi−1: uniform from a prefix-stable stream of `seed`, one class, or the given hi−lo labels."""
+    if num_classes is None:
+        if classes is not None:
+            raise GenevalError("class labels given for an unconditional model without a classifier")
+        return None
+    if classes is None:
+        return np.random.default_rng(seed).integers(0, num_classes, size=hi, dtype=np.int64)[lo:]
+    if np.isscalar(classes):
+        labels = np.full(hi - lo, int(classes), dtype=np.int64)
+    else:
+        labels = np.asarray(classes, dtype=np.int64)
+    if labels.shape != (hi - lo,):
+        raise GenevalError(f"{labels.size} class labels for {hi - lo} samples")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise GenevalError(f"class labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+    return labels
+
+
+def quantize(x: torch.Tensor, rule: str = "truncate") -> np.ndarray:
+    """[-1, 1] NCHW float → uint8 NHWC by ADM truncation or EDM rounding."""
+    y = (x + 1) * 127.5 if rule == "truncate" else x * 127.5 + 128
+    return y.clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _net_call(model: Any, index: torch.Tensor, align: int, bf16: bool):
+    """net(x, t, y) through aligned chunks and optional bf16 autocast."""
+    net = model.net
+    device_type = next(net.parameters()).device.type
+
+    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            if y is None:
+                return aligned_call(lambda a, b: net(a, b), index, align, x, t)
+            return aligned_call(net, index, align, x, t, y)
+
+    return call
+
+
+def sample(
+    model: Any,
+    n: int,
+    sampler: str = "ddim",
+    steps: int = 25,
+    eta: float = 0.0,
+    guidance: float | None = None,
+    convention: str = "w",
+    classes: int | Sequence[int] | None = None,
+    classifier: Any = None,
+    classifier_scale: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    autocast_bf16: bool = False,
+    progress: bool = False,
+    start: int = 0,
+    config: SamplingConfig | None = None,
+) -> Iterator[SampleBatch]:
+    """Generate n samples in batches: yields SampleBatch(images uint8 NHWC, labels, indices).
+
+    Args:
+        model: a LoadedModel (geneval.models.load_model) or a path to load.
+        n: number of samples (global indices start .. start+n−1).
+        sampler, steps, eta, guidance, convention, classifier_scale, seed, autocast_bf16: see SamplingConfig.
+        classes: None (uniform labels from `seed`), one class index, or n labels.
+        classifier: a LoadedModel classifier for classifier guidance.
+        batch_size: samples per batch (does not change the samples).
+        device: where to run (default: the model's device).
+        progress: show a tqdm bar on stderr.
+        start: first global index (used to resume shards).
+        config: a full SamplingConfig (overrides the individual knobs above).
+    """
+    if isinstance(model, (str, os.PathLike)):
+        from geneval.models.formats import load_model
+
+        model = load_model(model, device=device)
+    cfg = config or SamplingConfig(n=n, sampler=sampler, steps=steps, eta=eta, guidance=guidance, convention=convention,
+                                   classifier_scale=classifier_scale, seed=seed, autocast_bf16=autocast_bf16)
+    cfg.validate()
+    check_models(model, cfg, classifier if cfg.classifier_scale > 0 else None)
+    if batch_size < 1:
+        raise GenevalError(f"batch size must be >= 1, got {batch_size}")
+    return _generate(model, cfg, classes, classifier, start, start + n, batch_size, device, progress)
+
+
+def _generate(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device, progress: bool) -> Iterator[SampleBatch]:
+    device = torch.device(device) if device is not None else next(model.net.parameters()).device
+    model.net.to(device)
+    use_clf = classifier is not None and cfg.classifier_scale > 0
+    if use_clf:
+        classifier.net.to(device)
+    spec = get_sampler(cfg.sampler)
+    schedule = make_schedule(model.diffusion, cfg.resolved_respacing())
+    n_cls = model.num_classes if model.is_conditional else (classifier.num_classes if use_clf else None)
+    labels = draw_labels(lo, hi, n_cls, cfg.seed, classes)
+    knobs: dict[str, Any] = {"clip_denoised": cfg.clip_denoised}
+    if cfg.sampler == "ddim":
+        knobs["eta"] = cfg.eta
+    if cfg.sampler == "ddpm" and cfg.variance:
+        knobs["variance"] = cfg.variance
+    C, H = model.in_channels, model.image_size
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=hi - lo, unit="img", desc=f"sampling {cfg.sampler}", file=sys.stderr)
+    for b0 in range(lo, hi, batch_size):
+        idx = np.arange(b0, min(b0 + batch_size, hi))
+        index = torch.from_numpy(idx)
+        noise = NoiseSource((cfg.seed + idx).tolist(), device)
+        x = noise.randn((C, H, H))
+        y = None if labels is None else torch.from_numpy(labels[idx - lo]).to(device)
+        net_call = _net_call(model, index, cfg.align, cfg.autocast_bf16)
+        y_model = y if model.is_conditional else None
+        if cfg.cfg_s is not None and cfg.cfg_s != 1.0:
+            model_fn = cfg_model_fn(net_call, y_model, model.null_class, cfg.cfg_s, C)
+        else:
+            model_fn = (lambda a, t, _y=y_model: net_call(a, t, _y))
+        if use_clf:
+            clf_call = _net_call(classifier, index, cfg.align, cfg.autocast_bf16)
+            knobs["cond_fn"] = classifier_cond_fn(lambda a, t: clf_call(a, t), y, cfg.classifier_scale)
+        with torch.no_grad():
+            x0 = spec.fn(model_fn, x, schedule, noise, **knobs)
+        yield SampleBatch(quantize(x0, cfg.quantize), None if labels is None else labels[idx - lo].copy(), idx)
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+
+
+# ---------------------------------------------------------------- resumable npz output
+
+
+def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sample_to_npz(
+    model: Any,
+    out: str | os.PathLike,
+    config: SamplingConfig,
+    classifier: Any = None,
+    classes: int | Sequence[int] | None = None,
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    keep_shards: bool = False,
+) -> dict[str, Any]:
+    """Write an ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) plus a sidecar `<out>.json`.
+
+    Samples go to `<out>.shards/shard_NNNNN.npz` first (each written atomically); a rerun with
+    the same model and config skips finished shards, so an interrupted run resumes and produces
+    the same file. The final npz and sidecar are written atomically; returns the sidecar record.
+
+    Args:
+        model: LoadedModel; classifier: LoadedModel or None; classes: see `sample`.
+        out: the .npz path.
+        config: the SamplingConfig.
+        batch_size: samples per forward batch; shard_size: samples per shard file.
+        device, progress: as in `sample`.
+        keep_shards: keep the shard folder after the final file is written.
+    """
+    config.validate()
+    check_models(model, config, classifier if config.classifier_scale > 0 else None)
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise GenevalError(f"--out must end in .npz, got {out}")
+    if shard_size < 1:
+        raise GenevalError(f"shard size must be >= 1, got {shard_size}")
+    record = {
+        "format": "adm-sample-batch", "n": config.n, "sampling": config.to_dict(), "model": model.describe(),
+        "classifier": classifier.describe() if classifier is not None and config.classifier_scale > 0 else None,
+        "classes": None if classes is None else (int(classes) if np.isscalar(classes) else "explicit"),
+        "shard_size": shard_size, "quantisation": QUANTISATIONS[config.quantize],
+    }
+    shard_dir = out.with_name(out.name + ".shards")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    manifest = shard_dir / "manifest.json"
+    if manifest.exists():
+        old = json.loads(manifest.read_text())
+        if old != json.loads(json.dumps(record)):
+            raise GenevalError(f"{shard_dir} holds shards from a different model or sampling config; remove it or choose another --out")
+    else:
+        from geneval.results import atomic_write_text
+
+        atomic_write_text(manifest, json.dumps(record, indent=2))
+    t0 = time.perf_counter()
+    n_shards = (config.n + shard_size - 1) // shard_size
+    resumed = 0
+    for k in range(n_shards):
+        path = shard_dir / f"shard_{k:05d}.npz"
+        lo, hi = k * shard_size, min((k + 1) * shard_size, config.n)
+        if path.exists():
+            resumed += 1
+            continue
+        labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
+        batches = list(_generate(model, config, classes if labels_k is None else labels_k, classifier, lo, hi, batch_size, device, progress))
+        arrays = {"arr_0": np.concatenate([b.images for b in batches]), "indices": np.arange(lo, hi)}
+        if batches[0].labels is not None:
+            arrays["arr_1"] = np.concatenate([b.labels for b in batches])
+        _write_npz_atomic(path, arrays)
+    images, labels = [], []
+    for k in range(n_shards):
+        with np.load(shard_dir / f"shard_{k:05d}.npz") as z:
+            images.append(z["arr_0"])
+            if "arr_1" in z:
+                labels.append(z["arr_1"])
+    final = {"arr_0": np.concatenate(images)}
+    if labels:
+        final["arr_1"] = np.concatenate(labels)
+    record.update(shards=n_shards, resumed_shards=resumed, wall_s=round(time.perf_counter() - t0, 3))
+    _write_npz_atomic(out, final)
+    from geneval.results import atomic_write_text
+
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
+    if not keep_shards:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    return record
