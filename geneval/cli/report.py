@@ -38,6 +38,7 @@ def report(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="md, csv, json or html (default: from --out's suffix, else md)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
     allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show numbers measured under different N/mode/weights/reference, flagged, instead of refusing."),
+    title: str = typer.Option("geneval report", "--title", help="Heading of the md/html report."),
 ) -> None:
     """Compare runs × metrics in one table; the best value per metric is marked.
 
@@ -50,7 +51,7 @@ def report(
     loaded = load_runs(runs)
     cmp = build_comparison(loaded, allow_incomparable=allow_incomparable)
     print(f"read {len(loaded)} run(s), {len(cmp.cells)} result row(s) from {len(runs)} input(s)", file=sys.stderr)
-    _emit(render(cmp, fmt), out)
+    _emit(render(cmp, fmt, title=title), out)
 
 
 def compare(

@@ -30,7 +30,7 @@ table { border-collapse:collapse; width:100%; font-variant-numeric:tabular-nums;
 th, td { padding:7px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:top; }
 th { background:var(--head); font-weight:600; white-space:nowrap; }
 td.num, th.num { text-align:right; white-space:nowrap; }
-td.run { font-family:ui-monospace, "DejaVu Sans Mono", monospace; font-size:13px; }
+td.run { font-family:ui-monospace, "DejaVu Sans Mono", monospace; font-size:13px; white-space:nowrap; }
 td.best { background:var(--best); color:var(--bestink); font-weight:700; }
 th.flag, td.flag { background:var(--warn); color:var(--warnink); }
 .dir { color:var(--muted); font-weight:400; }
@@ -115,6 +115,15 @@ _PROVENANCE = ("model", "sampler", "steps", "guidance", "convention", "seed", "n
                "weights_sha256", "ref_sha256", "geneval_version", "created_at", "wall_s")
 
 
+def _display(name: str, v) -> str:
+    """A provenance value for the cards: UTC timestamps and seconds spelled out."""
+    if name == "created_at" and isinstance(v, str) and v.endswith("+00:00"):
+        return v[: -len("+00:00")].replace("T", " ") + " UTC"
+    if name == "wall_s" and isinstance(v, (int, float)):
+        return f"{v:.1f} s"
+    return fmt_field(name, v)
+
+
 def _provenance(cmp: Comparison) -> list[str]:
     out = ["<h2>Provenance per run</h2>", '<div class="cards">']
     for run in cmp.runs:
@@ -122,9 +131,9 @@ def _provenance(cmp: Comparison) -> list[str]:
         out.append(f'<div class="card"><h3>{escape(rid)}</h3><table>')
         for f in _PROVENANCE:
             vals = list(dict.fromkeys(getattr(r, f) for r in run.rows))
-            text = ", ".join(fmt_field(f, v) for v in vals)
+            text = ", ".join(_display(f, v) for v in vals)
             if f == "wall_s" and len(vals) > 1:
-                text = fmt_field(f, sum(v or 0.0 for v in vals)) + " (sum)"
+                text = _display(f, sum(v or 0.0 for v in vals)) + " (sum over metrics)"
             mono = "mono" if f.endswith("sha256") or f == "created_at" else ""
             out.append(f"<tr><th>{escape(f)}</th>{_td(text, mono)}</tr>")
         out.append("</table>")

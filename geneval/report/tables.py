@@ -192,12 +192,14 @@ def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
-def to_markdown(cmp: Comparison) -> str:
+def to_markdown(cmp: Comparison, title: str = "geneval report") -> str:
     """A Markdown comparison table (best in bold), a conditions table and footnotes."""
     head = ["run", "model", "sampler", "steps", "guidance", "seed"]
     head += [f"{m} {arrow(cmp.higher_is_better[m])}" + (f" {FLAG}" if m in cmp.flags else "") for m in cmp.metrics]
     lines = [
-        f"# geneval report: {len(cmp.runs)} run(s), {len(cmp.metrics)} metric(s)",
+        f"# {title}",
+        "",
+        f"{len(cmp.runs)} run(s), {len(cmp.metrics)} metric(s)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] * 6 + ["---:"] * len(cmp.metrics)) + "|",
@@ -234,10 +236,16 @@ def to_markdown(cmp: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(cmp: Comparison, fmt: str) -> str:
-    """Render a comparison as md, csv, json or html."""
+def render(cmp: Comparison, fmt: str, title: str = "geneval report") -> str:
+    """Render a comparison as md, csv, json or html.
+
+    Args:
+        cmp: a comparison from `build_comparison`.
+        fmt: md, csv, json or html.
+        title: heading of the md and html renderings.
+    """
     if fmt == "md":
-        return to_markdown(cmp)
+        return to_markdown(cmp, title)
     if fmt == "csv":
         return to_csv(cmp)
     if fmt == "json":
@@ -245,5 +253,5 @@ def render(cmp: Comparison, fmt: str) -> str:
     if fmt == "html":
         from geneval.report.html import to_html
 
-        return to_html(cmp)
+        return to_html(cmp, title)
     raise GenevalError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
