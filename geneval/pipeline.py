@@ -51,6 +51,7 @@ class RunPlan:
         classifier: the loaded noisy classifier, or None.
         ref: the opened reference Source, or None when no metric needs one.
         run_dir: final report folder (created only at the end).
+        sampling: the geneval.sampling.generate.SamplingConfig derived from config.
         bias_warnings: metric → small-N warning.
         demo: True when the run uses the shipped demo model / reference.
     """
@@ -62,6 +63,7 @@ class RunPlan:
     classifier: Any
     ref: Any
     run_dir: Path
+    sampling: Any
     bias_warnings: dict[str, str] = field(default_factory=dict)
     demo: bool = False
 
@@ -77,6 +79,14 @@ def _metric_options(cfg: RunConfig):
     from geneval.metrics.compute import MetricOptions
 
     return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed)
+
+
+def sampling_config(cfg: RunConfig):
+    """The SamplingConfig (geneval.sampling) a run's samples are drawn with."""
+    from geneval.sampling.generate import SamplingConfig
+
+    return SamplingConfig(n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
+                          convention=cfg.convention, classifier_scale=cfg.classifier_scale, seed=cfg.seed)
 
 
 def _load(path: str, what: str, preset: str | None, device: str | None):
@@ -120,7 +130,7 @@ def preflight(cfg: RunConfig) -> RunPlan:
     from geneval.features.extract import PRECISIONS
     from geneval.features.resize import MODES
     from geneval.metrics.registry import expand_metrics, get_metric
-    from geneval.sampling.samplers import get_sampler
+    from geneval.sampling.generate import check_models
     from geneval.sources import open_source
     from geneval.weights import resolve_inception
 
@@ -129,9 +139,7 @@ def preflight(cfg: RunConfig) -> RunPlan:
         raise GenevalError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.precision not in PRECISIONS:
         raise GenevalError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
-    spec = get_sampler(cfg.sampler)
-    if cfg.classifier_scale > 0 and not spec.supports_classifier_guidance:
-        raise GenevalError(f"sampler {cfg.sampler} does not support classifier guidance; use ddim or ddpm")
+    sampling_config(cfg).validate()  # sampler name, guidance knobs: before anything is loaded
     need_logits = any("logits" in get_metric(m).needs for m in names)
     weights = resolve_inception(None, need_logits=need_logits)  # MissingWeightsError names the file
 
@@ -166,22 +174,12 @@ def preflight(cfg: RunConfig) -> RunPlan:
         _check_writable(p.parent, "--save-samples folder")
 
     model = _load(cfg.model, "model", cfg.preset, cfg.device)
-    if model.kind != "unet":
-        raise GenevalError(f"{cfg.model} is a {model.kind}, not a diffusion UNet: pass it as --classifier")
-    if cfg.guidance is not None and cfg.guidance_w != 0 and (not model.is_conditional or model.null_class is None):
-        raise GenevalError(
-            f"classifier-free guidance needs a class-conditional model with a null class; {cfg.model} has "
-            f"{'no classes' if not model.is_conditional else 'no null class'}"
-        )
-    classifier = None
-    if cfg.classifier:
-        classifier = _load(cfg.classifier, "classifier", None, cfg.device)
-        if classifier.kind != "classifier":
-            raise GenevalError(f"{cfg.classifier} is a {classifier.kind}, not a noisy classifier")
-        if classifier.image_size != model.image_size:
-            raise GenevalError(f"classifier is for {classifier.image_size}px images, the model makes {model.image_size}px")
+    classifier = _load(cfg.classifier, "classifier", None, cfg.device) if cfg.classifier else None
+    sampling = sampling_config(cfg)
+    sampling.validate()
+    check_models(model, sampling, classifier)  # CFG needs a null class, classifier fits the model, respacing valid
     bias = check_sizes(names, cfg.n, None if ref_src is None else ref_src.n, _metric_options(cfg))
-    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, bias, demo)
+    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo)
 
 
 def run(model: str | None = None, metrics: str = "fid", ref: str | None = None, n: int = 50_000, sampler: str = "ddim",
@@ -246,9 +244,8 @@ def _sample_batches(plan: RunPlan) -> Iterator[Any]:
     from geneval.sampling.generate import sample
 
     c = plan.config
-    return sample(plan.model, c.n, sampler=c.sampler, steps=c.steps, guidance=c.guidance, convention=c.convention,
-                  classifier=plan.classifier, classifier_scale=c.classifier_scale, seed=c.seed,
-                  batch_size=c.batch_size, device=c.device or _default_device(), progress=False)
+    return sample(plan.model, c.n, classifier=plan.classifier, batch_size=c.batch_size,
+                  device=c.device or _default_device(), progress=False, config=plan.sampling)
 
 
 class _NpzWriter:
@@ -422,7 +419,7 @@ def _model_name(plan: RunPlan) -> str:
 
 
 def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
-    from geneval.sampling import generate
+    from geneval.sampling.generate import QUANTISATIONS
 
     c = plan.config
     return {
@@ -434,7 +431,8 @@ def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
         "classifier": c.classifier,
         "classifier_scale": c.classifier_scale if c.classifier else None,
         "model_sha256": plan.model.weights_sha256,
-        "quantisation": getattr(generate, "QUANTISATION", "adm-truncate: ((x+1)*127.5).clamp(0,255).to(uint8)"),
+        "respacing": plan.sampling.resolved_respacing(),
+        "quantisation": QUANTISATIONS[plan.sampling.quantize],
         "sample_s": round(timings["sample_s"], 3),
         "features_s": round(timings["features_s"], 3),
     }
@@ -447,6 +445,7 @@ def _resolved_config(plan: RunPlan, ref_side: Any, timings: dict[str, float], wa
         **c.to_dict(),
         "metrics_expanded": list(plan.metrics),
         "demo": plan.demo,
+        "sampling": plan.sampling.to_dict(),
         "model_info": plan.model.describe(),
         "classifier_info": None if plan.classifier is None else plan.classifier.describe(),
         "ref_describe": None if ref_side is None else ref_side.describe,
