@@ -44,7 +44,7 @@ def _fake_sweep(conv: str = "w") -> ResultSet:
     rows = []
     for g, fid, p, r in ((0.0, 40.0, 0.5, 0.6), (1.0, 30.0, 0.7, 0.4), (2.0, 35.0, 0.8, 0.2)):
         for m, v in (("fid", fid), ("precision", p), ("recall", r)):
-            rows.append(ResultRow(run_id=f"s-{g}", metric=m, value=v, n=1000, sampler="ddim", steps=20, guidance=g,
+            rows.append(ResultRow(run_id=f"s-{g}", metric=m, value=v, n=1000, higher_is_better=m != "fid", sampler="ddim", steps=20, guidance=g,
                                   convention=conv, mode="tf", extra={"sweep_value": g}))
     return ResultSet(rows)
 

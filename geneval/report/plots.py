@@ -105,7 +105,7 @@ def plot_sweep(rs: ResultSet, param: str, out_dir: str | os.PathLike, title: str
         ax.plot(xs, series[m], marker="o")
         ax.set_xlabel(_AXIS_NAMES.get(param, param) + (f" ({_unique_convention(rs)})" if param == "guidance" else ""))
         ax.set_ylabel(m)
-        ax.set_title(m)
+        ax.set_title(f"{m} ({_direction(rs, m)})")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
@@ -131,6 +131,11 @@ def plot_sweep(rs: ResultSet, param: str, out_dir: str | os.PathLike, title: str
         written += _save(fig, out_dir, f"{ym}_vs_{xm}")
         plt.close(fig)
     return written
+
+
+def _direction(rs: ResultSet, metric: str) -> str:
+    hib = {r.higher_is_better for r in rs.rows if r.metric == metric and r.higher_is_better is not None}
+    return "higher is better" if hib == {True} else "lower is better" if hib == {False} else "direction unknown"
 
 
 def _unique_convention(rs: ResultSet) -> str:
