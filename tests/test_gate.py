@@ -221,3 +221,15 @@ def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["gate"])
     assert e.value.code == 2 and "Missing argument" in capsys.readouterr().err
+
+
+def test_recon_metrics_and_directionless_diagnostics():
+    """psnr (registered by metrics/recon.py on import) gates upward; latent_std is never gated."""
+    def recon(psnr, latent_std):
+        common = dict(n=500, mode="tf", model="demo-ae")
+        return ResultSet([ResultRow("ae", "psnr", psnr, None, **common), ResultRow("ae", "latent_std", latent_std, None, **common)])
+
+    v = run_gate(recon(27.0, 2.0), recon(28.0, 1.0))
+    assert [x.metric for x in v.verdicts] == ["psnr"] and not v.passed
+    assert v.ungated == ["latent_std (diagnostic without a direction)"]
+    assert run_gate(recon(29.0, 0.5), recon(28.0, 1.0)).passed

@@ -151,3 +151,12 @@ def test_cell_format():
     assert fmt_cell(ResultRow("r", "fid", float("inf"))) == "inf"
     assert fmt_cell(ResultRow("r", "fid", 1234.5678)) == "1235"
     assert fmt_cell(ResultRow("r", "lpips", 0.2, extra={"ci_low": 0.18, "ci_high": 0.22})) == "0.2000 [0.1800, 0.2200]"
+
+
+def test_directionless_metric_is_shown_but_not_ranked():
+    rows = lambda rid, v: ResultSet([ResultRow(rid, "latent_std", v, None, 100, mode="tf")])  # noqa: E731
+    cmp = build_comparison([rows("a", 1.0), rows("b", 2.0)])
+    assert cmp.higher_is_better == {"latent_std": None} and cmp.best == {}
+    assert "latent_std ·" in render(cmp, "md")
+    (d,) = compare_runs(rows("a", 1.0), rows("b", 2.0))
+    assert d.change == "changed (no direction)"

@@ -50,16 +50,41 @@ def metric_order(runs: Iterable[ResultSet]) -> list[str]:
     return list(dict.fromkeys(r.metric for run in runs for r in run.rows))
 
 
-def higher_is_better(metric: str, rows: Iterable[ResultRow] = ()) -> bool:
+def _registered(metric: str):
+    """The registry's spec of `metric`, importing every metric module once if needed.
+
+    Metric modules register their specs on import (recon.py: psnr, ssim, …); a report over
+    recon results must see them without having computed anything.
+    """
+    import importlib
+    import pkgutil
+
+    from geneval.metrics import registry
+
+    spec = registry.METRICS.get(metric.lower())
+    if spec is None:
+        import geneval.metrics as pkg
+
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            try:
+                importlib.import_module(f"geneval.metrics.{mod.name}")
+            except ImportError:  # an optional dependency is missing: that module's metrics stay unknown
+                continue
+        spec = registry.METRICS.get(metric.lower())
+    return spec
+
+
+def higher_is_better(metric: str, rows: Iterable[ResultRow] = ()) -> bool | None:
     """The metric's direction: the registry's, else the rows' own `higher_is_better`.
+
+    Returns None only for metrics the registry declares direction-less (diagnostics such as
+    latent_std); those are shown but never ranked or gated.
 
     Args:
         metric: the metric name.
         rows: rows of that metric, consulted only when the registry does not know it.
     """
-    from geneval.metrics import registry
-
-    spec = registry.METRICS.get(metric.lower())
+    spec = _registered(metric)
     if spec is not None:
         return spec.higher_is_better
     stated = {r.higher_is_better for r in rows if r.higher_is_better is not None}
@@ -172,7 +197,7 @@ class Delta:
     """One metric of B against A."""
 
     metric: str
-    higher_is_better: bool
+    higher_is_better: bool | None
     a: ResultRow | None
     b: ResultRow | None
     delta: float | None
@@ -224,12 +249,14 @@ def compare_runs(a: ResultSet, b: ResultSet, z: float = 3.0, allow_incomparable:
     return out
 
 
-def classify(delta: float, higher_is_better: bool, band: float) -> str:
-    """better / worse beyond `band`, same when equal, else within noise."""
+def classify(delta: float, higher_is_better: bool | None, band: float) -> str:
+    """better / worse beyond `band`, same when equal, else within noise ('changed' without a direction)."""
     if math.isnan(delta):
         return "undefined"
     if delta == 0:
         return "same"
+    if higher_is_better is None:
+        return "changed (no direction)" if abs(delta) > band else "within noise"
     gain = delta if higher_is_better else -delta
     if abs(gain) <= band:
         return "within noise"
@@ -248,7 +275,7 @@ def incomparable_message(problems: Sequence[Difference]) -> str:
 
 def deltas_markdown(deltas: Sequence[Delta], z: float) -> str:
     """The A-vs-B deltas as a Markdown table with the noise method per metric."""
-    from geneval.report.tables import fmt_cell
+    from geneval.report.tables import arrow, fmt_cell
 
     a_id = next((d.a.run_id for d in deltas if d.a is not None), "A")
     b_id = next((d.b.run_id for d in deltas if d.b is not None), "B")
@@ -258,7 +285,7 @@ def deltas_markdown(deltas: Sequence[Delta], z: float) -> str:
         dd = "—" if d.delta is None else f"{d.delta:+.4g}"
         rel = "—" if d.rel is None else f"{100 * d.rel:+.2f}%"
         change = f"⚠ {d.change}" if d.flags else d.change
-        lines.append(f"| {d.metric} | {'↑' if d.higher_is_better else '↓'} | {fmt_cell(d.a)} | {fmt_cell(d.b)} "
+        lines.append(f"| {d.metric} | {arrow(d.higher_is_better)} | {fmt_cell(d.a)} | {fmt_cell(d.b)} "
                      f"| {dd} | {rel} | {change} |")
     lines += ["", f"better/worse: beyond z·σ of the difference (z={z:g}) when both sides carry a noise "
               "estimate, else any nonzero change.", ""]

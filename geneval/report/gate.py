@@ -136,7 +136,7 @@ def make_baseline(runs: Sequence[ResultSet]) -> ResultSet:
             raise GenevalError(f"cannot make a baseline from a non-finite {r.metric} value ({r.value})")
         if r.n is None:
             raise GenevalError(f"cannot make a baseline from {r.metric} without N: the gate could not check comparability")
-        higher_is_better(r.metric, [r])  # the direction must be known now, not at gate time
+        higher_is_better(r.metric, [r])  # an unknown direction must fail now, not at gate time
     ids = [run.rows[0].run_id for run in runs]
     return ResultSet(base.rows, {"baseline": {"runs": ids, "created_at": utc_now(),
                                               "method": base.rows[0].extra.get("std_method") or "single run"}})
@@ -229,15 +229,22 @@ def run_gate(
     if problems:
         raise GenevalError("baseline is not comparable with the results: " + "; ".join(problems))
     verdicts = []
+    directionless = []
     for b in base.rows:
         r = res_by[b.metric]
         hib = higher_is_better(b.metric, [b, r])
+        if hib is None:  # a diagnostic (latent_std, …): reported, never gated
+            directionless.append(b.metric)
+            continue
         tol = tolerances.get(b.metric, tolerances.get("*"))
         sigma, noise = combined_sigma(b, r, names=("baseline", "result"))
         band = max(tol.absolute(b.value) if tol else 0.0, z * sigma if sigma is not None else 0.0)
         delta = r.value - b.value
         verdicts.append(MetricVerdict(b.metric, hib, b, r, delta, band, tol, sigma, noise, classify(delta, hib, band)))
-    ungated = [m for m in res_by if m not in base_metrics]
+    if not verdicts:
+        raise GenevalError(f"nothing to gate: the baseline's metrics ({', '.join(base_metrics)}) have no direction")
+    ungated = [f"{m} (not in the baseline)" for m in res_by if m not in base_metrics]
+    ungated += [f"{m} (diagnostic without a direction)" for m in directionless]
     return GateVerdict(verdicts, z, ungated, results_label, baseline_label)
 
 
@@ -280,5 +287,5 @@ def verdict_markdown(v: GateVerdict) -> str:
         lines += ["", f"⚠ {', '.join(exact)}: band 0 (no recorded std and no tolerance), so any worsening fails; "
                   "record a std with extra.std_method or pass --tolerance."]
     if v.ungated:
-        lines += ["", f"Not gated (not in the baseline): {', '.join(v.ungated)}."]
+        lines += ["", f"Not gated: {', '.join(v.ungated)}."]
     return "\n".join(lines) + "\n"

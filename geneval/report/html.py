@@ -59,7 +59,8 @@ def _main_table(cmp: Comparison) -> list[str]:
         flagged = m in cmp.flags
         cls = "num flag" if flagged else "num"
         mark = f" {FLAG}" if flagged else ""
-        title = "higher is better" if cmp.higher_is_better[m] else "lower is better"
+        hib = cmp.higher_is_better[m]
+        title = "no direction (diagnostic)" if hib is None else ("higher is better" if hib else "lower is better")
         out.append(f'<th class="{cls}" title="{title}">{escape(m)} '
                    f'<span class="dir">{arrow(cmp.higher_is_better[m])}</span>{mark}</th>')
     out.append("</tr></thead><tbody>")
@@ -78,7 +79,7 @@ def _main_table(cmp: Comparison) -> list[str]:
             tds.append(_td(fmt_cell(cmp.cell(rid, m)), cls))
         out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
-    out.append('<p class="note">↑ higher is better, ↓ lower is better. Highlighted bold = best among '
+    out.append('<p class="note">↑ higher is better, ↓ lower is better, · diagnostic without a direction. Highlighted bold = best among '
                "comparable runs. ± is the std recorded with each number (method in the conditions table).</p>")
     return out
 

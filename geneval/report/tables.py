@@ -34,7 +34,7 @@ class Comparison:
 
     runs: list[ResultSet]
     metrics: list[str]
-    higher_is_better: dict[str, bool]
+    higher_is_better: dict[str, bool | None]
     cells: dict[tuple[str, str], ResultRow]
     best: dict[str, set[str]]
     flags: dict[str, list[Difference]] = field(default_factory=dict)
@@ -87,7 +87,7 @@ def build_comparison(runs: Sequence[ResultSet], allow_incomparable: bool = False
             flags[m] = diffs
             continue
         finite = [r for r in rows if math.isfinite(r.value)]
-        if len(finite) >= 2:
+        if len(finite) >= 2 and directions[m] is not None:
             pick = max if directions[m] else min
             top = pick(r.value for r in finite)
             best[m] = {r.run_id for r in finite if r.value == top}
@@ -142,8 +142,9 @@ def fmt_guidance(info: dict[str, Any]) -> str:
     return f"{fmt_field('guidance', g)} ({conv})" if conv else fmt_field("guidance", g)
 
 
-def arrow(hib: bool) -> str:
-    return "↑" if hib else "↓"
+def arrow(hib: bool | None) -> str:
+    """↑ higher is better, ↓ lower is better, · no direction (a diagnostic)."""
+    return "·" if hib is None else ("↑" if hib else "↓")
 
 
 # --- renderers ----------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ def to_markdown(cmp: Comparison, title: str = "geneval report") -> str:
             text = fmt_cell(cmp.cell(rid, m))
             cells.append(f"**{text}**" if rid in cmp.best.get(m, ()) else text)
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", "↑ higher is better, ↓ lower is better; **bold** = best among comparable runs; "
+    lines += ["", "↑ higher is better, ↓ lower is better, · diagnostic without a direction; **bold** = best among comparable runs; "
               "± = std as recorded per row (method below).", ""]
     lines += ["## Conditions", "", "| metric | N | mode | features | weights | reference | std method |",
               "|---|---:|---|---|---|---|---|"]
