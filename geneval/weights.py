@@ -224,6 +224,8 @@ def fetch(name: str | WeightFile, progress: Callable[[int], None] | None = None)
         raise GenevalError(f"offline (GENEVAL_OFFLINE is set): cannot download {w.name}; "
                            f"place {w.filename} (sha256 {w.sha256}) at {cache_dir() / w.filename}")
     dest = cache_dir(create=True) / w.filename
+    if dest.is_file() and _hash_ok(sha256_file(dest), w.sha256):
+        return dest  # already there and intact
     errors = []
     for url in w.urls:
         try:
@@ -514,8 +516,17 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
             source, p, digest = found
             return ResolvedWeights(p, digest, f"{name} ({source})", True, "state_dict")
     if allow_download and not is_offline():
-        p = fetch("pytorch-fid")
-        return ResolvedWeights(p, sha256_file(p), "pytorch-fid (downloaded)", True, "state_dict")
+        errors = []
+        for name in _LOGITS_FILES:  # the same file from two hosts
+            try:
+                p = fetch(name)
+                return ResolvedWeights(p, sha256_file(p), f"{name} (downloaded)", True, "state_dict")
+            except GenevalError as e:
+                errors.append(str(e))
+        if need_logits:
+            raise MissingWeightsError("could not download TF-Inception with logits: " + "; ".join(errors))
+        warnings.warn("could not download TF-Inception with logits (" + "; ".join(errors)
+                      + "); using the converted trunk", stacklevel=2)
     if need_logits:
         raise MissingWeightsError(
             "the Inception Score needs the TF-Inception logits layer, which the offline trunk lacks: "

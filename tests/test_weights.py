@@ -166,3 +166,33 @@ def test_foreign_torchscript_is_rejected(tmp_path):
 def test_missing_explicit_path():
     with pytest.raises(MissingWeightsError, match="do not exist"):
         W.resolve_inception(path="/nonexistent/inception.pth")
+
+
+def test_fetch_reuses_an_intact_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENEVAL_OFFLINE")
+    monkeypatch.setenv("GENEVAL_CACHE", str(tmp_path / "cache"))
+    payload = b"weights" * 100
+    entry = _local_entry(tmp_path, payload, hashlib.sha256(payload).hexdigest())
+    first = W.fetch(entry)
+    (tmp_path / "served.bin").unlink()  # the source is gone: a second fetch must not need it
+    assert W.fetch(entry) == first and first.read_bytes() == payload
+
+
+def test_allowed_download_with_wrong_bytes_is_rejected(tmp_path, monkeypatch):
+    """The real registry entries, served by a fake opener: wrong bytes never reach the cache."""
+    import io
+
+    monkeypatch.delenv("GENEVAL_OFFLINE")
+    monkeypatch.setenv("GENEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    opened = []
+
+    def fake_open(url, timeout=60.0):
+        opened.append(url)
+        return io.BytesIO(b"an impostor file")
+
+    monkeypatch.setattr(W, "_open_url", fake_open)
+    with pytest.raises(MissingWeightsError, match="sha256"):
+        W.resolve_inception(need_logits=True, allow_download=True)
+    assert opened == [W.WEIGHTS["pytorch-fid"].urls[0], W.WEIGHTS["torch-fidelity"].urls[0]]
+    assert not any(p.name.endswith(".pth") for p in (tmp_path / "cache").iterdir())
