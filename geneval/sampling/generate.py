@@ -230,7 +230,7 @@ def _generate(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int,
         classifier.net.to(device)
     spec = get_sampler(cfg.sampler)
     schedule = make_schedule(model.diffusion, cfg.resolved_respacing())
-    n_cls = model.num_classes if model.is_conditional else (classifier.num_classes if use_clf else None)
+    n_cls = model.num_classes if model.is_conditional else (classifier.num_classes if classifier is not None else None)
     labels = draw_labels(lo, hi, n_cls, cfg.seed, classes)
     knobs: dict[str, Any] = {"clip_denoised": cfg.clip_denoised}
     if cfg.sampler == "ddim":
