@@ -29,8 +29,9 @@ from geneval.weights import ResolvedWeights, resolve_inception
 PRECISIONS = ("exact", "tf32", "fast")
 DEFAULT_BATCH_SIZE = 64
 
-# Built models keyed by (weights file, hash, device): building costs ~1 s, extractors are cheap.
-_MODELS: dict[tuple[str, str, str], TFInception] = {}
+# Built models keyed by (weights file, hash, device, fast): building costs ~1 s (compiling far
+# more), so extractors share them; the models are frozen and stateless.
+_MODELS: dict[tuple[str, str, str, bool], torch.nn.Module] = {}
 
 
 @contextlib.contextmanager
@@ -54,11 +55,15 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _model_for(weights: ResolvedWeights, device: torch.device) -> TFInception:
-    key = (str(weights.path), weights.sha256, str(device))
+def _model_for(weights: ResolvedWeights, device: torch.device, fast: bool = False) -> torch.nn.Module:
+    key = (str(weights.path), weights.sha256, str(device), fast)
     model = _MODELS.get(key)
     if model is None:
-        model = build_inception(weights.load_state_dict()).to(device)
+        model = build_inception(weights.load_state_dict())
+        if fast:
+            model = torch.compile(model.to(device, memory_format=torch.channels_last))
+        else:
+            model = model.to(device)
         _MODELS[key] = model
     return model
 
@@ -101,11 +106,8 @@ class FeatureExtractor:
         self.precision = precision
         self.batch_size = batch_size
         self.weights = resolved
-        self.model = _model_for(resolved, self.device)
-        self._forward = self.model
-        if precision == "fast":
-            fast = build_inception(resolved.load_state_dict()).to(self.device, memory_format=torch.channels_last)
-            self._forward = torch.compile(fast)
+        self.model: TFInception = _model_for(resolved, self.device)
+        self._forward = _model_for(resolved, self.device, fast=True) if precision == "fast" else self.model
         self.info: dict[str, Any] = {
             "features": FEATURES_NAME,
             "weights_sha256": resolved.sha256,
