@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         align: int = typer.Option(8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:
-        from geneval.sampling.generate import SamplingConfig, sample_to_npz
+        from geneval.sampling.generate import SamplingConfig, check_models, sample_to_npz
 
         cfg = SamplingConfig(n=n, sampler=sampler, steps=steps, respacing=respacing, eta=eta, guidance=guidance,
                              convention=convention, classifier_scale=classifier_scale, seed=seed, quantize=quantize,
@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
             raise GenevalError(f"--device {dev} requested but CUDA is not available")
         m = load_model(model, preset=preset, device=dev)
         clf = load_model(classifier, preset=classifier_preset, device=dev) if classifier else None
+        check_models(m, cfg, clf if classifier_scale > 0 else None)
         print(f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr)
         record = sample_to_npz(m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size,
                                device=dev, progress=progress)
