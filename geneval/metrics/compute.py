@@ -209,6 +209,8 @@ def _is(ctx: _Context) -> MetricValue:
     else:
         extra = {"convention": "torch-fidelity", "splits": o.is_splits, "seed": o.is_seed}
     extra["std_ddof"] = 0
+    # Spread of IS across splits: the gate may use it as a noise band, and says so.
+    extra["std_method"] = f"split-std-{extra['splits']}"
     return MetricValue("is", mean, std, n, extra)
 
 
@@ -219,7 +221,8 @@ def _kid(ctx: _Context) -> MetricValue:
     mean, std = kernel_inception_distance(
         x, y, subsets=o.kid_subsets, subset_size=m, seed=o.kid_seed, device=o.device
     )
-    extra = {"subsets": o.kid_subsets, "subset_size": m, "seed": o.kid_seed, "n_ref": _rows(y), "std_ddof": 0}
+    extra = {"subsets": o.kid_subsets, "subset_size": m, "seed": o.kid_seed, "n_ref": _rows(y), "std_ddof": 0,
+             "std_method": f"subset-std-{o.kid_subsets}"}
     return MetricValue("kid", mean, std, _rows(x), extra)
 
 

@@ -37,6 +37,22 @@ class MetricSpec:
 
 METRICS: dict[str, MetricSpec] = {}
 
+# Modules that register further metrics on import (pixel/code metrics of `geneval recon`,
+# LPIPS diversity). Lookups import them first, so every caller sees the same full registry.
+PLUGIN_MODULES = ("geneval.metrics.recon", "geneval.metrics.lpips")
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    import importlib
+
+    _plugins_loaded = True
+    for mod in PLUGIN_MODULES:
+        importlib.import_module(mod)
+
 
 def register(spec: MetricSpec) -> MetricSpec:
     """Add a metric to the registry; registering an identical spec again is a no-op.
@@ -60,6 +76,7 @@ def get_metric(name: str) -> MetricSpec:
     Args:
         name: a metric name.
     """
+    _load_plugins()
     spec = METRICS.get(name.strip().lower())
     if spec is None:
         raise GenevalError(f"unknown metric {name.strip()!r}; known metrics: {_known()}")
@@ -68,6 +85,7 @@ def get_metric(name: str) -> MetricSpec:
 
 def groups() -> dict[str, list[str]]:
     """Group name → member metric names, in registration order."""
+    _load_plugins()
     out: dict[str, list[str]] = {}
     for spec in METRICS.values():
         out.setdefault(spec.group, []).append(spec.name)
