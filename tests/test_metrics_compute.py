@@ -93,7 +93,7 @@ def test_missing_inputs_are_clear_errors(feats, rng):
 def test_is_needs_no_reference_and_records_adm_chunks(feats):
     samples, _ = feats
     (v,) = compute_metrics("is", samples, None, MetricOptions(is_chunk_size=50))
-    assert v.extra == {"convention": "adm", "chunk_size": 50, "splits": 3, "std_ddof": 0}
+    assert v.extra == {"convention": "adm", "chunk_size": 50, "splits": 3, "std_ddof": 0, "std_method": "split-std-3"}
 
 
 def test_non_feature_metric_refused(feats):
