@@ -123,7 +123,14 @@ def lpips_distance(model: nn.Module, x: Any, y: Any, batch_size: int = 64) -> np
     out = []
     for s in range(0, len(x), batch_size):
         a, b = _to_pm1(x[s:s + batch_size], device), _to_pm1(y[s:s + batch_size], device)
-        out.append(model(a, b).flatten().double().cpu())
+        try:
+            out.append(model(a, b).flatten().double().cpu())
+        except RuntimeError as e:
+            if "too small" not in str(e):
+                raise
+            # AlexNet's stride-4 stem and two pools need about 31 px per side.
+            raise GenevalError(f"images of {a.shape[2]}x{a.shape[3]} are too small for the LPIPS "
+                               f"{getattr(model, 'pnet_type', '')} backbone; pad or resize them (alex needs >= 31 px)") from None
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
