@@ -168,7 +168,8 @@ def _check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> N
     if src.has_images:
         return
     stats_layers, feature_layers = needs
-    bad = sorted({m for m in metrics if set(get_metric(m).needs) & set(feature_layers)})
+    feature_layers = set(feature_layers) - set(src.features)  # stored per-image features (geneval_pool3) serve these
+    bad = sorted({m for m in metrics if set(get_metric(m).needs) & feature_layers})
     missing = sorted(layer for layer in stats_layers if layer not in src.stats)
     if bad:
         raise GenevalError(
