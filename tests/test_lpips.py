@@ -73,7 +73,7 @@ def test_missing_backbone_names_file_hash_and_place(tmp_path, monkeypatch):
     assert "vgg16-397923af.pth" in msg and "397923af" in msg and str(tmp_path / "torch") in msg
 
 
-def test_lpips_div_pairs_and_value(rand_lpips):
+def test_lpips_div_pairs_and_value(rand_lpips, tmp_path, monkeypatch):
     labels = np.array([0] * 5 + [1] * 4 + [2])
     pairs = sample_pairs(labels, 7, seed=3)
     assert set(pairs) == {0, 1}  # class 2 has one image: no pair
@@ -87,3 +87,8 @@ def test_lpips_div_pairs_and_value(rand_lpips):
     assert res.value == pytest.approx((res.per_class[0] + 0.0) / 2)
     assert res.n_pairs == 14 and res.skipped_classes == [2]
     assert get_metric("lpips_div").higher_is_better is True
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the pipeline entry point resolves real weights
+    from geneval.metrics.lpips import lpips_div
+
+    with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
+        lpips_div(imgs, labels)

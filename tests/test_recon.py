@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,9 +17,23 @@ from geneval.metrics.registry import get_metric
 from geneval.recon import RECON_METRICS, recon
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "geneval", "recon", "--no-progress", *args],
-                          capture_output=True, text=True, env=env)
+class _Run:
+    def __init__(self, code, out, err):
+        self.returncode, self.stdout, self.stderr = code, out, err
+
+
+def _cli(capsys, *args):
+    """`geneval recon ...` in-process (the entry point's error mapping included)."""
+    from geneval.cli import main
+
+    capsys.readouterr()
+    try:
+        main(["recon", "--no-progress", *args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    cap = capsys.readouterr()
+    return _Run(code, cap.out, cap.err)
 
 
 def _pairs(fmnist_test, rng, channels):
@@ -125,29 +137,27 @@ def test_stored_reconstructions_identical_give_inf_and_zero_rfid(tmp_path, fmnis
     assert "biased" in rs["rfid"].extra["note"]
 
 
-def test_cli_identical_table_and_mismatched_sizes(tmp_path, fmnist_test):
+def test_cli_identical_table_and_mismatched_sizes(tmp_path, fmnist_test, capsys):
     a = fmnist_test.images[:4]
     np.savez(tmp_path / "a.npz", arr_0=a)
     np.savez(tmp_path / "b.npz", arr_0=np.pad(a, ((0, 0), (2, 2), (2, 2), (0, 0))))
     np.savez(tmp_path / "c.npz", arr_0=a[:3])
-    ok = _cli("--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "a.npz"), "--metrics", "psnr",
+    ok = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "a.npz"), "--metrics", "psnr",
               "--out", str(tmp_path / "out.json"))
     assert ok.returncode == 0, ok.stderr
     assert "| psnr | inf (identical) |" in ok.stdout
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["results"][0]["value"] == "inf" and saved["config"]["n_read"] == 4
-    bad = _cli("--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "b.npz"), "--metrics", "psnr")
+    bad = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "b.npz"), "--metrics", "psnr")
     assert bad.returncode == 2 and "differ in size" in bad.stderr and bad.stderr.startswith("error:")
-    short = _cli("--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "c.npz"), "--metrics", "psnr",
+    short = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "c.npz"), "--metrics", "psnr",
                  "--n", "0")
     assert short.returncode == 2 and "4 images but reconstructions 3" in short.stderr
 
 
-def test_cli_missing_lpips_weights_fail_in_preflight(tmp_path):
-    import os
-
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "GENEVAL_CACHE": str(tmp_path / "cache")}
-    r = _cli("--metrics", "psnr,lpips", "--n", "2", env=env)
+def test_cli_missing_lpips_weights_fail_in_preflight(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    r = _cli(capsys, "--metrics", "psnr,lpips", "--n", "2")
     assert r.returncode == 2 and r.stdout == ""
     assert "alexnet-owt-7be5be79.pth" in r.stderr and "7be5be79" in r.stderr and str(tmp_path / "torch") in r.stderr
 
@@ -160,8 +170,8 @@ def test_lpips_row_with_random_trunk_is_marked(tmp_path, fmnist_test):
         recon("demo", data=fmnist_test.images[:2], metrics="lpips", n=None, lpips_random_backbone=True)  # 28x28
 
 
-def test_demo_kl_default_report(tmp_path):
-    r = _cli("--n", "16", "--batch-size", "8", "--out", str(tmp_path / "rep"))
+def test_demo_kl_default_report(tmp_path, capsys):
+    r = _cli(capsys, "--n", "8", "--batch-size", "4", "--out", str(tmp_path / "rep"))
     assert r.returncode == 0, r.stderr
     for ext in ("json", "csv", "md"):
         assert (tmp_path / "rep" / f"results.{ext}").is_file()
@@ -169,7 +179,7 @@ def test_demo_kl_default_report(tmp_path):
     assert set(rows) == {"psnr", "ssim", "rfid", "latent_scale", "latent_std", "latent_mean"}
     assert rows["psnr"]["value"] > 15 and rows["ssim"]["value"] > 0.5  # trained: far above an untrained net's ~7 dB
     assert rows["latent_scale"]["extra"]["latents"] == "KL posterior sample (seeded)"
-    assert rows["psnr"]["n"] == 16 and rows["psnr"]["model"] == "ae-kl-fmnist"
+    assert rows["psnr"]["n"] == 8 and rows["psnr"]["model"] == "ae-kl-fmnist"
 
 
 def test_demo_vq_codebook_and_grayscale_fit():

@@ -221,3 +221,21 @@ for _spec in (
 ):
     register(_spec)
 del _spec
+
+
+def lpips_div(images: np.ndarray, labels: np.ndarray | None = None, net: str = "alex", backbone: str | Path | None = None,
+              pairs_per_class: int = DEFAULT_PAIRS_PER_CLASS, seed: int = 0, device: torch.device | str = "cpu",
+              batch_size: int = 64) -> LpipsDiversity:
+    """`lpips_div` for pipelines: resolve the backbone (MissingWeightsError if absent), build LPIPS, score diversity.
+
+    Args:
+        images: uint8 (N, H, W, C) samples (H, W >= 31 for alex).
+        labels: (N,) class labels or None (one class).
+        net: alex | vgg | squeeze; backbone: explicit torchvision weight file.
+        pairs_per_class: random same-class pairs per class (default 200).
+        seed: seed of the pair draw.
+        device: torch device.
+        batch_size: pairs per forward pass.
+    """
+    model = build_lpips(net, backbone, device=device)
+    return lpips_diversity(images, labels, model, net, pairs_per_class, seed, batch_size)
