@@ -52,7 +52,7 @@ def test_real_data_disjoint_subsets_small_fid_noise_large(fm, fid_ab):
     # At N = 20 FID is dominated by its small-N bias (both ~200; measured 203 vs 276), so the
     # FID margin is modest; KID is unbiased and separates the two by an order of magnitude.
     assert 0 < f_clean < 0.8 * f_noisy
-    assert 0 < 5 * k_clean < k_noisy
+    assert k_noisy > 5 * abs(k_clean)  # KID is unbiased: about 0 for equal distributions
 
 
 def test_rows_carry_provenance_and_bias_warning(fm, fid_ab):
@@ -172,9 +172,11 @@ def test_real_data_n1000():
 
     x = load_fashion_mnist("test").images
     a, b = x[:1000], x[1000:2000]
-    clean = geneval.evaluate(a, b, metrics="fid,kid", progress=False)
-    noisy = geneval.evaluate(_noisy(a, NOISE_SIGMA), b, metrics="fid,kid", progress=False)
-    print(f"N=1000: FID clean {clean.value('fid'):.3f}, noisy {noisy.value('fid'):.3f}; "
-          f"KID clean {clean.value('kid'):.5f}, noisy {noisy.value('kid'):.5f}")
-    assert clean.value("fid") * 5 < noisy.value("fid")
-    assert clean.value("kid") * 5 < noisy.value("kid")
+    clean = geneval.evaluate(a, b, metrics="fid,kid,pr", progress=False)
+    noisy = geneval.evaluate(_noisy(a, NOISE_SIGMA), b, metrics="fid,kid,pr", progress=False)
+    for name, rs in (("clean", clean), ("noisy", noisy)):
+        print(f"N=1000 {name}: " + ", ".join(f"{r.metric} {r.value:.5g}" for r in rs))
+    # Measured at N = 300 (same recipe): FID 51.3 vs 156.4, KID -0.00008 vs 0.110.
+    assert 2 * clean.value("fid") < noisy.value("fid")
+    assert noisy.value("kid") > 10 * abs(clean.value("kid"))
+    assert noisy.value("precision") < clean.value("precision") and noisy.value("recall") < clean.value("recall")
