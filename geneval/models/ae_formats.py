@@ -337,13 +337,15 @@ def load_autoencoder(spec: str | os.PathLike | None = None, config: str | os.Pat
 
     Args:
         spec: ``demo``/``demo-kl``/``demo-vq``, a file or a folder; None means ``demo``.
-        config: shape override for LDM files: preset name, LDM YAML or JSON (ignored by native
-            and diffusers inputs, which carry their own).
+        config: shape for LDM files: preset name, LDM YAML or JSON (an error with native and
+            diffusers inputs, which carry their own).
         device: where to put the model.
     Raises:
         GenevalError: not found, not an autoencoder, or tensors that do not fit the shape.
     """
     text = "demo" if spec is None else os.fspath(spec)
+    if config is not None and (text in DEMOS or Path(text).is_dir()):
+        raise GenevalError(f"an autoencoder config applies to LDM checkpoint files only; {text} carries its own")
     if text in DEMOS:
         folder = ZOO / DEMOS[text]
         if not (folder / "config.json").is_file():
@@ -360,6 +362,8 @@ def load_autoencoder(spec: str | os.PathLike | None = None, config: str | os.Pat
     if path.suffix.lower() == ".safetensors" and sidecar.is_file():
         doc = _read_json(sidecar)
         if doc.get("format") == FORMAT:
+            if config is not None:
+                raise GenevalError(f"an autoencoder config applies to LDM checkpoint files only; {path} carries its own")
             return _load_native(path, path, doc, device)
     raw = _read_weights(path)
     sd, info = extract_first_stage(raw, str(path))
