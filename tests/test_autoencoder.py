@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from geneval.errors import GenevalError
-from geneval.models.ae_formats import (ZOO, infer_config, load_autoencoder, save_native_autoencoder)
+from geneval.models.ae_formats import ZOO, infer_config, load_autoencoder, save_native_autoencoder
 from geneval.models.autoencoder import AEConfig, build_autoencoder
 
 # A small LDM ddconfig: two levels, attention at 16 px (level 1), 32 → 64 channels.
