@@ -99,7 +99,7 @@ def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None
     for name, low in _min_n(metrics, options).items():
         for which, n in (("samples", n_samples), ("reference", n_ref if get_metric(name).needs_ref else None)):
             if n is not None and n < low:
-                raise GenevalError(f"{name} needs at least {low} {which} images, got N={n}")
+                raise GenevalError(f"{name} needs at least {low} {which.rstrip('s')} images, got N={n}")
     if "kid" in metrics and n_samples is not None and n_ref is not None:
         resolve_subset_size(n_samples, n_ref, options.kid_subset_size)
     found = {}

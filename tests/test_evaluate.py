@@ -134,7 +134,7 @@ def test_preflight_rejects_before_any_work(fm, tmp_path, monkeypatch):
     a = fm["a"]
     with pytest.raises(GenevalError, match="unknown metric 'fidd'"):
         geneval.evaluate(a, fm["b"], metrics="fid,fidd")
-    with pytest.raises(GenevalError, match="at least 2 samples images, got N=1"):
+    with pytest.raises(GenevalError, match="at least 2 sample images, got N=1"):
         geneval.evaluate(a[:1], fm["b"], metrics="fid")
     with pytest.raises(GenevalError, match="KID subset size 50 is larger"):
         geneval.evaluate(a, fm["b"], metrics="kid", kid_subset_size=50)
