@@ -14,7 +14,7 @@ from geneval.errors import GenevalError
 _MODEL = typer.Option(None, "--model", "-m", help="Checkpoint: native folder/.safetensors, guided-diffusion .pt (with --preset) or diffusers folder. Omit to run the offline demo.")
 _PRESET = typer.Option(None, "--preset", help="Architecture preset for guided-diffusion .pt files.")
 _REF = typer.Option(None, "--ref", "-r", help="Reference: images, ADM reference batch or stats .npz. Default with the demo: shipped Fashion-MNIST test statistics.")
-_N = typer.Option(None, "--n", "-n", min=1, help="Number of samples (default 50000; demo: see `geneval run --help` epilog).")
+_N = typer.Option(None, "--n", "-n", min=1, help="Number of samples (default 50000; the demo without --model: 500).")
 _SAMPLER = typer.Option(None, "--sampler", help="ddim, ddpm, dpmpp_2m, euler or heun (default ddim).")
 _CONV = typer.Option(None, "--convention", help="CFG convention: w (eps=(1+w)eps_c-w*eps_u, w=0 unguided) or s (eps=eps_u+s(eps_c-eps_u), s=1 unguided).")
 _CLF = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance ('demo' = the shipped demo classifier).")
