@@ -7,14 +7,13 @@ out.0 (norm), out.2.{positional_embedding, qkv_proj, c_proj}.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from geneval.models.nn import (
+    JSONConfig,
     AttentionBlock,
     AttentionPool2d,
     Downsample,
@@ -26,7 +25,7 @@ from geneval.models.nn import (
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(JSONConfig):
     """Architecture of an ADM classifier (guided-diffusion's classifier_* flags).
 
     Args:
@@ -41,6 +40,8 @@ class ClassifierConfig:
         use_scale_shift_norm, resblock_updown, use_new_attention_order: as in UNetConfig.
     """
 
+    _what = "classifier config"
+
     image_size: int
     in_channels: int = 3
     model_channels: int = 128
@@ -54,17 +55,6 @@ class ClassifierConfig:
     resblock_updown: bool = True
     use_new_attention_order: bool = False
     conv_resample: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown classifier config fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 class EncoderUNet(nn.Module):

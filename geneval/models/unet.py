@@ -9,14 +9,13 @@ build them with `num_classes = K + 1` and `null_class = K` (the native format re
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from geneval.models.nn import (
+    JSONConfig,
     AttentionBlock,
     Downsample,
     ResBlock,
@@ -43,7 +42,7 @@ def default_channel_mult(image_size: int) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(JSONConfig):
     """Architecture of an ADM/IDDPM UNet (the flags of guided-diffusion's script_util).
 
     Args:
@@ -67,6 +66,8 @@ class UNetConfig:
         conv_resample: learned conv in Upsample/Downsample.
     """
 
+    _what = "UNet config"
+
     image_size: int
     in_channels: int = 3
     model_channels: int = 128
@@ -88,17 +89,6 @@ class UNetConfig:
     def learn_sigma(self) -> bool:
         """True when the net also predicts the variance interpolation (2C outputs)."""
         return self.out_channels == 2 * self.in_channels
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown UNet config fields: {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 class UNetModel(nn.Module):
