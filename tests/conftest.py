@@ -50,3 +50,13 @@ def fmnist_test():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (tiny models: threading overhead dominates, and a shared
+    2-core box under contention is ~100x slower multi-threaded); the count is restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

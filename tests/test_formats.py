@@ -19,12 +19,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_unet import guided_diffusion_keys  # noqa: E402  (the independently written key layout)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_cfg(**kw) -> UNetConfig:

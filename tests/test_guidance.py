@@ -19,12 +19,7 @@ from geneval.sampling.schedules import DiffusionConfig, make_schedule
 T = 100
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CI box: OpenMP under contention is ~100x slower
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,7 @@ from geneval.sampling.generate import SamplingConfig, sample_to_npz
 from geneval.sampling.schedules import DiffusionConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(num_classes):

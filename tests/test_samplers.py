@@ -17,12 +17,7 @@ from geneval.sampling.schedules import DiffusionConfig, make_schedule
 T = 100  # training steps of the toy schedule
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CI box: OpenMP under contention is ~100x slower
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(out_channels: int = 3, num_classes: int | None = None, seed: int = 0) -> UNetModel:

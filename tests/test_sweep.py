@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
 
-import numpy as np
 import pytest
 
 from geneval.config import RunConfig, load_toml, resolve_run_config
 from geneval.errors import GenevalError
-from geneval.results import ResultRow, ResultSet, read_results
+from geneval.results import ResultRow, ResultSet
 from geneval.sweep import parse_values
 
 

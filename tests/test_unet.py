@@ -13,13 +13,7 @@ from geneval.models.presets import PRESETS
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters, init_random_
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The CI box is shared: multi-threaded OpenMP under contention is ~100x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- independent key structure
