@@ -41,6 +41,7 @@ th.flag, td.flag { background:var(--warn); color:var(--warnink); }
 .cards { display:grid; grid-template-columns:repeat(auto-fill, minmax(330px, 1fr)); gap:14px; }
 .card { border:1px solid var(--line); border-radius:8px; padding:12px 14px; }
 .card table td, .card table th { padding:3px 6px; font-size:13px; border:none; background:none; }
+.card table td { overflow-wrap:anywhere; }
 .card table th { color:var(--muted); font-weight:500; width:42%; }
 code, .mono { font-family:ui-monospace, "DejaVu Sans Mono", monospace; font-size:12.5px; }
 details { margin-top:6px; font-size:13px; }
