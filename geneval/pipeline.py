@@ -144,6 +144,10 @@ def preflight(cfg: RunConfig) -> RunPlan:
     weights = resolve_inception(None, need_logits=need_logits)  # MissingWeightsError names the file
 
     demo = cfg.model is None
+    # A mistyped path is the likeliest error; say so before asking for anything else.
+    for what, path in (("model", cfg.model), ("classifier", cfg.classifier)):
+        if path is not None and path != "demo" and not Path(path).exists():
+            raise GenevalError(f"{what} checkpoint not found: {path}")
     needs_ref = [m for m in names if get_metric(m).needs_ref]
     if demo:
         from geneval import zoo

@@ -22,7 +22,7 @@ def ckpt(tmp_path_factory):
     return make_tiny_checkpoint(tmp_path_factory.mktemp("cli") / "tiny")
 
 
-@pytest.mark.parametrize("case", ["bad_checkpoint", "missing_ref", "unknown_metric", "missing_model"])
+@pytest.mark.parametrize("case", ["bad_checkpoint", "missing_ref", "unknown_metric", "missing_model", "missing_model_no_ref"])
 def test_run_preflight_errors_exit_2(case, ckpt, tmp_path, capsys, monkeypatch):
     import geneval.sampling.generate as gen
 
@@ -37,8 +37,12 @@ def test_run_preflight_errors_exit_2(case, ckpt, tmp_path, capsys, monkeypatch):
         args[args.index("--ref") + 1], needle = str(tmp_path / "missing.npz"), "not found"
     elif case == "unknown_metric":
         args[args.index("--metrics") + 1], needle = "fid,nope", "unknown metric 'nope'"
-    else:
+    elif case == "missing_model":
         args[2], needle = str(tmp_path / "no-such-ckpt"), "not found"
+    else:  # a mistyped --model is named first, not hidden behind the missing --ref
+        i = args.index("--ref")
+        del args[i:i + 2]
+        args[2], needle = str(tmp_path / "no-such-ckpt"), "model checkpoint not found"
     code, out, err = _cli(args, capsys)
     assert code == 2
     assert out == ""
