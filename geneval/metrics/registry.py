@@ -76,11 +76,20 @@ def get_metric(name: str) -> MetricSpec:
     Args:
         name: a metric name.
     """
-    _load_plugins()
-    spec = METRICS.get(name.strip().lower())
+    spec = lookup(name)
     if spec is None:
         raise GenevalError(f"unknown metric {name.strip()!r}; known metrics: {_known()}")
     return spec
+
+
+def lookup(name: str) -> MetricSpec | None:
+    """The spec registered under `name` (case-insensitive), or None when no module registers it.
+
+    Args:
+        name: a metric name, e.g. one read back from a results file.
+    """
+    _load_plugins()
+    return METRICS.get(name.strip().lower())
 
 
 def groups() -> dict[str, list[str]]:

@@ -51,27 +51,11 @@ def metric_order(runs: Iterable[ResultSet]) -> list[str]:
 
 
 def _registered(metric: str):
-    """The registry's spec of `metric`, importing every metric module once if needed.
-
-    Metric modules register their specs on import (recon.py: psnr, ssim, …); a report over
-    recon results must see them without having computed anything.
-    """
-    import importlib
-    import pkgutil
-
+    """The registry's spec of `metric`, or None; the registry imports the modules that add
+    recon/LPIPS metrics itself, so a report over recon results sees them."""
     from geneval.metrics import registry
 
-    spec = registry.METRICS.get(metric.lower())
-    if spec is None:
-        import geneval.metrics as pkg
-
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            try:
-                importlib.import_module(f"geneval.metrics.{mod.name}")
-            except ImportError:  # an optional dependency is missing: that module's metrics stay unknown
-                continue
-        spec = registry.METRICS.get(metric.lower())
-    return spec
+    return registry.lookup(metric)
 
 
 def higher_is_better(metric: str, rows: Iterable[ResultRow] = ()) -> bool | None:
