@@ -64,6 +64,27 @@ def test_demo_reference_refuses_tampered_file(tmp_path, rng, monkeypatch):
         zoo.demo_reference("tf")
 
 
+def test_demo_reference_missing_file_names_file_hash_and_place(tmp_path, rng, monkeypatch):
+    x, mu, sigma = _stats(rng)
+    name = "fashion-mnist-test-32-tf.npz"
+    src = zoo.pack_reference(tmp_path / name, mu, sigma, None, {"mode": "tf"})
+    _write_manifest(tmp_path, name, src)
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    src.unlink()
+    monkeypatch.setattr(zoo, "REFERENCE_DIR", tmp_path)
+    with pytest.raises(GenevalError) as e:
+        zoo.demo_reference("tf")
+    msg = str(e.value)
+    assert name in msg and digest in msg and str(tmp_path) in msg and "GENEVAL_REFERENCE_STATS" in msg
+
+
+def test_reference_dir_env_override(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENEVAL_REFERENCE_STATS", str(tmp_path))
+    assert zoo._reference_dir() == tmp_path
+    monkeypatch.delenv("GENEVAL_REFERENCE_STATS")
+    assert (zoo._reference_dir() / "manifest.json").exists()  # the checkout's reference_stats/
+
+
 def test_shipped_reference_matches_manifest():
     man = zoo.manifest()
     entry = man["files"][zoo.DEMO_REFERENCE]

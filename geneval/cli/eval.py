@@ -39,6 +39,17 @@ evaluator and pytorch-fid can read it. --stats-only writes the pytorch-fid layou
 Example: geneval ref build fashion-mnist:test --out reference_stats/fmnist_test.npz"""
 
 
+# Extraction options shared by `eval` and `ref build` (one definition, one help text).
+_MODE = typer.Option("tf", "--mode", help="Resize: tf (ADM, default), pytorch (pytorch-fid), clean (clean-fid); recorded with the results.")
+_DEVICE = typer.Option(None, "--device", help="Torch device, e.g. cuda:0 or cpu (default: CUDA if available).")
+_PRECISION = typer.Option("exact", "--precision", help="exact (fp32, TF32 off), tf32 or fast (fp16 + compile, CUDA).")
+_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per batch.")
+_WEIGHTS = typer.Option(None, "--weights", help="TF-Inception weight file (IS needs one with logits).")
+_FLOAT_RANGE = typer.Option(None, "--float-range", help="Accept float .npy/.npz pixels in '0,1' or '-1,1'.")
+_NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or read counts on stderr.")
+
+
 class _StderrHandler(logging.Handler):
     """geneval's log lines on stderr, without logger names (they are for users)."""
 
@@ -101,20 +112,20 @@ def register(app: typer.Typer) -> None:
         samples: str = typer.Argument(..., help="Generated images: folder, .zip, .npz, .npy or dataset name."),
         ref: Optional[str] = typer.Option(None, "--ref", help="Reference: images, ADM reference batch or stats .npz."),
         metrics: str = typer.Option("fid", "--metrics", "-m", help="Comma list: fid,sfid,is,kid,pr,dc (pr/dc expand to pairs)."),
-        mode: str = typer.Option("tf", "--mode", help="Resize: tf (ADM, default), pytorch (pytorch-fid), clean (clean-fid)."),
-        device: Optional[str] = typer.Option(None, "--device", help="Torch device, e.g. cuda:0 or cpu (default: CUDA if available)."),
-        precision: str = typer.Option("exact", "--precision", help="exact (fp32, TF32 off), tf32 or fast (fp16 + compile, CUDA)."),
-        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="TF-Inception weight file (IS needs one with logits)."),
-        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache."),
+        mode: str = _MODE,
+        device: Optional[str] = _DEVICE,
+        precision: str = _PRECISION,
+        batch_size: int = _BATCH,
+        weights: Optional[str] = _WEIGHTS,
+        no_cache: bool = _NO_CACHE,
         seed: int = typer.Option(2020, "--seed", help="Seed of KID subsets and the torch-fidelity IS shuffle (2020 = torch-fidelity's)."),
         is_convention: str = typer.Option("adm", "--is-convention", help="adm (5000-image chunks) or torch-fidelity (10 shuffled splits)."),
         kid_subsets: int = typer.Option(100, "--kid-subsets", min=1, help="Number of KID subsets."),
         kid_subset_size: Optional[int] = typer.Option(None, "--kid-subset-size", min=2, help="Rows per KID subset (default min(1000, N))."),
-        float_range: Optional[str] = typer.Option(None, "--float-range", help="Accept float .npy/.npz pixels in '0,1' or '-1,1'."),
+        float_range: Optional[str] = _FLOAT_RANGE,
         model: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the results."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or read counts on stderr."),
+        quiet: bool = _QUIET,
     ) -> None:
         from geneval.evaluation import evaluate
         from geneval.results import write_results
@@ -139,17 +150,17 @@ def register(app: typer.Typer) -> None:
     def ref_build_cmd(
         source: str = typer.Argument(..., help="Images: folder, .zip, .npz, .npy or dataset name."),
         out: Path = typer.Option(..., "--out", "-o", help="Output .npz (written atomically)."),
-        mode: str = typer.Option("tf", "--mode", help="Resize: tf (default), pytorch or clean; recorded in the file."),
-        device: Optional[str] = typer.Option(None, "--device", help="Torch device (default: CUDA if available)."),
-        precision: str = typer.Option("exact", "--precision", help="exact, tf32 or fast."),
-        batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
-        weights: Optional[str] = typer.Option(None, "--weights", help="TF-Inception weight file."),
+        mode: str = _MODE,
+        device: Optional[str] = _DEVICE,
+        precision: str = _PRECISION,
+        batch_size: int = _BATCH,
+        weights: Optional[str] = _WEIGHTS,
         with_images: bool = typer.Option(True, "--with-images/--no-images", help="Store arr_0 (uint8 RGB images)."),
         with_features: bool = typer.Option(True, "--with-features/--no-features", help="Store geneval_pool3 (float32 pool3 features)."),
         stats_only: bool = typer.Option(False, "--stats-only", help="Write only mu/sigma (+ mu_s/sigma_s): pytorch-fid layout."),
-        float_range: Optional[str] = typer.Option(None, "--float-range", help="Accept float .npy/.npz pixels in '0,1' or '-1,1'."),
-        no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache."),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or read counts on stderr."),
+        float_range: Optional[str] = _FLOAT_RANGE,
+        no_cache: bool = _NO_CACHE,
+        quiet: bool = _QUIET,
     ) -> None:
         from geneval.reference_build import build_reference
         from geneval.sources import open_source

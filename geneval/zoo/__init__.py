@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,23 @@ from geneval.errors import GenevalError
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEMO_UNET = "demo-unet-fmnist"
 DEMO_CLASSIFIER = "demo-classifier-fmnist"
-# reference_stats/ sits at the repository root, next to the package (editable installs and checkouts).
-REFERENCE_DIR = Path(os.environ.get("GENEVAL_REFERENCE_STATS", Path(__file__).resolve().parents[2] / "reference_stats"))
+
+
+def _reference_dir() -> Path:
+    """Where the shipped reference statistics are: $GENEVAL_REFERENCE_STATS, else reference_stats/
+    at the repository root (checkouts, editable installs), else <prefix>/share/geneval/reference_stats
+    (where a wheel installs them, see pyproject's data-files)."""
+    env = os.environ.get("GENEVAL_REFERENCE_STATS")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "reference_stats"
+    if (repo / "manifest.json").exists():
+        return repo
+    installed = Path(sys.prefix) / "share" / "geneval" / "reference_stats"
+    return installed if (installed / "manifest.json").exists() else repo
+
+
+REFERENCE_DIR = _reference_dir()
 DEMO_REFERENCE = "fashion-mnist-test-32-tf.npz"
 EXPANDED_VERSION = 1
 
@@ -113,7 +129,15 @@ def demo_reference(mode: str = "tf", name: str = DEMO_REFERENCE) -> Path:
 
     src = REFERENCE_DIR / name
     if not src.exists():
-        raise GenevalError(f"shipped reference {src} not found; build one with `geneval ref build fashion-mnist:test --out ref.npz` and pass --ref")
+        try:
+            want = f" (sha256 {manifest()['files'][name]['sha256']})"
+        except (GenevalError, KeyError):
+            want = ""
+        raise GenevalError(
+            f"shipped reference {name}{want} not found in {REFERENCE_DIR}: copy reference_stats/ from the geneval "
+            f"repository there (or set GENEVAL_REFERENCE_STATS), or build one with "
+            f"`geneval ref build fashion-mnist:test --out ref.npz` and pass --ref"
+        )
     entry = manifest().get("files", {}).get(name)
     if entry is None:
         raise GenevalError(f"{name} is not listed in {REFERENCE_DIR / 'manifest.json'}")
