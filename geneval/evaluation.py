@@ -31,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.features.cache import FeatureCache, make_key
+from geneval.features.cache import FeatureCache, PartialEntry, extract_resumable, make_key
 from geneval.metrics.compute import FeatureSet, MetricOptions, compute_metrics
 from geneval.metrics.registry import expand_metrics, get_metric
 from geneval.metrics.stats import GaussianStats
@@ -175,12 +175,14 @@ def _extract_cached(src: Source, todo: set[str], config: ExtractConfig, weights:
         log.info("%s: %s", label, report.summary())
         return arrays, report, True
     ex = extractor.get() if isinstance(extractor, _Extractors) else extractor
-    arrays = ex.extract_all((images for images, _ in src.batches(config.batch_size)),
-                            progress=config.progress, total=src.n)
+    partial = PartialEntry(cache, key)
+    arrays = extract_resumable(ex, (images for images, _ in src.batches(config.batch_size)), partial,
+                               needed=todo, progress=config.progress, total=src.n)
     report = src.report
     log.info("%s: %s", label, report.summary())
     try:
         cache.save(key, arrays, {"report": report.to_dict(), "source": src.describe()})
+        partial.clear()
     except OSError as e:  # a full or read-only cache must not cost the user the numbers
         log.warning("could not write the feature cache: %s", e)
     return arrays, report, False

@@ -19,7 +19,7 @@ from typing import Any
 
 from geneval.errors import GenevalError
 from geneval.evaluation import ExtractConfig, _Extractors, effective_precision
-from geneval.features.cache import FeatureCache, make_key
+from geneval.features.cache import FeatureCache, PartialEntry, extract_resumable, make_key
 from geneval.metrics.stats import GaussianStats
 from geneval.results import utc_now
 from geneval.sources import open_source
@@ -91,10 +91,13 @@ def build_reference(source: Any, out: str | os.PathLike, *, mode: str = "tf", de
                 for _ in batches:  # only the images are needed; features come from the cache
                     pass
         else:
-            arrays = extractors.get().extract_all((im for im, _ in batches), progress=progress, total=src.n)
+            partial = PartialEntry(feature_cache, key)  # an interrupted build resumes from its checkpoints
+            arrays = extract_resumable(extractors.get(), (im for im, _ in batches), partial,
+                                       needed=("pool3", "spatial"), progress=progress, total=src.n)
             report = src.report
             try:
                 feature_cache.save(key, arrays, {"report": report.to_dict(), "source": src.describe()})
+                partial.clear()
             except OSError as e:
                 log.warning("could not write the feature cache: %s", e)
         log.info("reference: %s", report.summary())

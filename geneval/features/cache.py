@@ -9,6 +9,11 @@ folder + os.replace): a crash leaves the old entry or none. An unreadable entry 
 overwritten. `enabled=False` (CLI `--no-cache`) neither reads nor writes.
 
 Size: 50k images x (2048 + 2023) float32 is about 0.8 GB; delete the folder to reclaim it.
+
+Long extractions (a 60k-image reference on a CPU takes hours) checkpoint as they go:
+`partial/<key>/part_<start>.npz` holds the features of images [start, start + rows) of that
+exact source/network/mode/precision. A rerun of the same command loads those parts, skips the
+images they cover and extracts the rest; the finished entry replaces the parts.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 META_KEY = "__meta__"
 KEY_VERSION = 1  # bump when the entry layout changes
+CHECKPOINT_SECONDS = 120.0  # how often a long extraction writes a partial part
 
 
 @dataclass(frozen=True)
@@ -133,3 +139,135 @@ class FeatureCache:
             Path(tmp).unlink(missing_ok=True)
             raise
         return path
+
+
+class PartialEntry:
+    """Checkpointed pieces of one unfinished extraction, under `<cache root>/partial/<key digest>/`.
+
+    Parts are contiguous in image order from 0; a part that does not continue the previous one
+    (or is unreadable, or has a different key) ends what is usable, and later ones are ignored.
+
+    Args:
+        cache: the FeatureCache whose root holds the parts (disabled cache: no parts at all).
+        key: the key the finished entry will have.
+    """
+
+    def __init__(self, cache: FeatureCache, key: CacheKey) -> None:
+        self.enabled = cache.enabled
+        self.key = key
+        self.folder = cache.root / "partial" / key.digest
+
+    def load(self, needed: Iterable[str]) -> tuple[dict[str, list[np.ndarray]], int]:
+        """(name → list of arrays in image order, number of images covered) of the usable parts."""
+        chunks: dict[str, list[np.ndarray]] = {}
+        n = 0
+        if not self.enabled or not self.folder.is_dir():
+            return chunks, 0
+        for path in sorted(self.folder.glob("part_*.npz")):
+            try:
+                start = int(path.stem.split("_")[1])
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z[META_KEY]))
+                    if start != n or meta.get("key") != self.key.__dict__ or not set(needed) <= set(z.files):
+                        break
+                    arrays = {k: z[k] for k in z.files if k != META_KEY}
+            except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as e:
+                log.warning("ignoring unreadable partial cache file %s: %s", path, e)
+                break
+            rows = {v.shape[0] for v in arrays.values()}
+            if len(rows) != 1:
+                break
+            for k, v in arrays.items():
+                chunks.setdefault(k, []).append(v)
+            n += rows.pop()
+        return chunks, n
+
+    def save(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write the features of images [start, start + rows) atomically (a no-op when disabled)."""
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"part_{start:010d}.npz"
+        fd, tmp = tempfile.mkstemp(prefix=".part.", suffix=".npz.tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays, **{META_KEY: np.asarray(json.dumps({"key": self.key.__dict__}))})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def clear(self) -> None:
+        """Remove the parts (after the finished entry was written)."""
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                path.unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()
+            except OSError:
+                pass
+
+
+def extract_resumable(extractor: Any, batches: Iterable[np.ndarray], partial: PartialEntry, *,
+                      needed: Iterable[str], progress: bool = True, total: int | None = None,
+                      checkpoint_seconds: float | None = None) -> dict[str, np.ndarray]:
+    """Extract features batch by batch, checkpointing into `partial`, resuming from what it holds.
+
+    The images the stored parts cover are still read from `batches` (so the source's read report
+    counts them) but not run through the network.
+
+    Args:
+        extractor: has `extract(batch) -> {name: tensor}` (a FeatureExtractor).
+        batches: uint8 image batches in the source's fixed order.
+        partial: where checkpoints go and come from.
+        needed: the arrays a usable part must hold.
+        progress: tqdm bar (images) on stderr.
+        total: images expected, for the bar.
+        checkpoint_seconds: write a part when this long has passed since the last one
+            (default CHECKPOINT_SECONDS).
+    """
+    import sys
+    import time
+
+    from tqdm.auto import tqdm
+
+    from geneval.errors import GenevalError
+
+    if checkpoint_seconds is None:
+        checkpoint_seconds = CHECKPOINT_SECONDS
+    chunks, done = partial.load(needed)
+    if done:
+        log.info("resuming an interrupted extraction: %d images already done (%s)", done, partial.folder)
+    skip, n = done, done
+    pending: dict[str, list[np.ndarray]] = {}
+    pending_start, last = done, time.monotonic()
+    with tqdm(total=total, initial=done, unit="img", desc="inception", file=sys.stderr, disable=not progress) as bar:
+        for batch in batches:
+            if skip:
+                take = min(skip, len(batch))
+                skip -= take
+                batch = batch[take:]
+                if len(batch) == 0:
+                    continue
+            feats = extractor.extract(batch)
+            for k, v in feats.items():
+                pending.setdefault(k, []).append(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
+            count = int(next(iter(feats.values())).shape[0])
+            n += count
+            bar.update(count)
+            if time.monotonic() - last >= checkpoint_seconds:
+                part = {k: np.concatenate(v) for k, v in pending.items()}
+                try:
+                    partial.save(pending_start, part)
+                except OSError as e:
+                    log.warning("could not write a partial cache file: %s", e)
+                for k, v in part.items():
+                    chunks.setdefault(k, []).append(v)
+                pending, pending_start, last = {}, n, time.monotonic()
+    if skip:
+        raise GenevalError(f"the source yielded fewer images than the {done} a checkpoint in {partial.folder} covers")
+    for k, v in pending.items():
+        chunks.setdefault(k, []).extend(v)
+    if n == 0:
+        raise GenevalError("no images to extract features from (the input yielded 0 images)")
+    return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
