@@ -1,11 +1,13 @@
 """Is the trained demo model any good? FID/precision/recall of the trained demo UNet, an untrained
-UNet of the same architecture, and pure noise images — same N, same seed, same reference.
+UNet of the same architecture, pure noise images, and real Fashion-MNIST train images (the floor
+at this N) — same N, same seed, same reference.
 
     python benchmarks/demo_baselines.py --n 1000 --out benchmarks/results/demo_baselines.json
 
 Untrained = `UNetModel(DEMO_UNET)` with PyTorch's default initialisation under torch.manual_seed(0)
 (ADM zero-initialises the output conv, so it predicts ε = 0). Noise = uniform uint8 gray images
-from np.random.default_rng(seed), shaped like the samples (32×32×1).
+from np.random.default_rng(seed), shaped like the samples (32×32×1). Real = the first N images of
+the Fashion-MNIST train split (what the demo UNet was trained on), zero-padded to 32×32.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--only", default="trained,untrained,noise", help="which baselines to (re)compute; others are kept from --out")
+    p.add_argument("--only", default="trained,untrained,noise,real", help="which baselines to (re)compute; others are kept from --out")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     if a.threads:
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         if "noise" in only:
             record("noise", evaluate(noise, ref, metrics=a.metrics, device="cpu", batch_size=a.batch_size, progress=False,
                                  cache=False), t0)
+        t0 = time.time()
+        if "real" in only:
+            record("real", evaluate(f"fashion-mnist:train[0:{a.n}]", ref, metrics=a.metrics, device="cpu",
+                                    batch_size=a.batch_size, progress=False), t0)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

@@ -190,7 +190,6 @@ def export_checkpoint(kind: str, work: Path, out: Path, fp16: bool = False) -> P
     return save_native(net, cfg, out, diffusion, class_names=list(FASHION_MNIST_CLASSES), training=meta, **extra)
 
 
-# `geneval run` without --model. Measured on a 2-core machine shared with ~7 busy processes (1 thread):
-# ~0.06 s per image per DDIM step and ~1.15 s per image for TF-Inception (benchmarks/results/). On 2 free
-# cores that is estimated ~4x faster, so N=500 at 10 steps should take ~3 min (an estimate, not verified).
+# `geneval run` without --model: N=500 at 10 DDIM steps. On 2 free CPU cores TF-Inception runs at ~5 img/s
+# and dominates; the whole demo took 2 min 50 s from a fresh clone (README, "What the demo prints").
 DEMO_RUN_DEFAULTS: dict[str, Any] = {"metrics": "fid,pr", "n": 500, "steps": 10, "batch_size": 100}
