@@ -136,7 +136,9 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     arrays: dict[str, np.ndarray] = {}
     n_file = src.meta.get("n")
     if usable:
-        for layer in stats_layers & set(src.stats):
+        # File statistics serve FID/sFID even when another metric also needs that layer's features:
+        # a compact reference stores statistics of all N images but features of a subset only.
+        for layer in (stats_layers | feature_layers) & set(src.stats):
             mu, sigma = src.stats[layer]
             given_stats[layer] = GaussianStats(mu, sigma, src.n if src.has_images else n_file)
             origin[layer] = "file statistics"

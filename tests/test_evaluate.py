@@ -180,3 +180,21 @@ def test_real_data_n1000():
     assert 2 * clean.value("fid") < noisy.value("fid")
     assert noisy.value("kid") > 10 * abs(clean.value("kid"))
     assert noisy.value("precision") < clean.value("precision") and noisy.value("recall") < clean.value("recall")
+
+
+def test_fid_uses_file_statistics_when_pr_also_needs_a_feature_subset(fm, fid_ab, tmp_path):
+    """A compact reference (like the shipped demo one) has statistics of all N images but pool3
+    rows of a subset only: FID must use the statistics, precision/recall the rows."""
+    from geneval.sources.reference import write_reference
+
+    full = tmp_path / "full.npz"
+    build_reference(fm["b"], full, progress=False)
+    with np.load(full, allow_pickle=False) as z:
+        stats = {"pool3": (z["mu"], z["sigma"]), "spatial": (z["mu_s"], z["sigma_s"])}
+        rows = z["geneval_pool3"][: N // 2]
+        meta = {**__import__("json").loads(str(z["geneval_meta"])), "has_images": False}
+    compact = write_reference(tmp_path / "compact.npz", stats, meta, pool3=rows)
+    rs = geneval.evaluate(fm["a"], str(compact), metrics="fid,pr", progress=False)
+    assert rs["fid"].extra["ref_source"] == "statistics" and rs["fid"].extra["n_ref"] == N
+    assert rs.value("fid") == pytest.approx(fid_ab[0].value("fid"), rel=1e-6)
+    assert rs["precision"].extra["n_ref"] == N // 2
