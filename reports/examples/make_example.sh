@@ -2,7 +2,7 @@
 # Regenerate reports/examples/: a three-run comparison as Markdown and HTML, plus a headless
 # Chromium screenshot of the HTML.
 #
-#   reports/examples/make_example.sh RUN RUN RUN   # from existing results files / run directories
+#   [TITLE="..."] reports/examples/make_example.sh RUN RUN RUN   # from existing results files / run directories
 #   reports/examples/make_example.sh --demo        # run the offline demo three ways, then render
 #   reports/examples/make_example.sh --synthetic   # layout only: made-up, clearly labelled rows
 #
@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ex=reports/examples
-title="geneval report: demo model, three samplers"
+title="${TITLE:-geneval report: demo model, three samplers}"
 
 if [[ "${1:-}" == "--demo" ]]; then
   geneval run --sampler ddim --steps 20 --seed 0 --run-id example-ddim-20 --out-dir reports --no-progress
