@@ -6,9 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 import geneval
 from geneval.features.cache import FeatureCache, make_key
+from geneval.features.extract import FeatureExtractor
 
 
 def _key(**over):
@@ -110,7 +112,10 @@ def test_cache_key_is_a_frozen_record():
 
 
 class _LinearNet:
-    """Stand-in for the network in resume tests: features are fixed linear maps of the pixels."""
+    """Stand-in for the network in resume tests: features are fixed linear maps of the pixels;
+    batches stream through FeatureExtractor's own extract_all."""
+
+    extract_all = FeatureExtractor.extract_all
 
     def __init__(self, fail_after: int | None = None) -> None:
         w = np.random.default_rng(0)
@@ -123,7 +128,7 @@ class _LinearNet:
         self.calls += 1
         self.images += len(batch)
         x = np.asarray(batch, np.float64).reshape(len(batch), -1)
-        return {k: (x @ w).astype(np.float32) for k, w in self.w.items()}
+        return {k: torch.from_numpy((x @ w).astype(np.float32)) for k, w in self.w.items()}
 
 
 def _batches(images, size):

@@ -23,10 +23,11 @@ import json
 import logging
 import os
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -208,16 +209,31 @@ class PartialEntry:
                 pass
 
 
+def _skip_covered(batches: Iterable[Any], done: int, where: Path) -> Iterator[Any]:
+    """The batches with their first `done` images dropped (a checkpoint covers them); they are
+    still read, so the source's read report counts them."""
+    skip = done
+    for batch in batches:
+        if skip:
+            take = min(skip, len(batch))
+            skip -= take
+            batch = batch[take:]
+            if len(batch) == 0:
+                continue
+        yield batch
+    if skip:
+        from geneval.errors import GenevalError
+
+        raise GenevalError(f"the source yielded fewer images than the {done} a checkpoint in {where} covers")
+
+
 def extract_resumable(extractor: Any, batches: Iterable[np.ndarray], partial: PartialEntry, *,
                       needed: Iterable[str], progress: bool = True, total: int | None = None,
                       checkpoint_seconds: float | None = None) -> dict[str, np.ndarray]:
-    """Extract features batch by batch, checkpointing into `partial`, resuming from what it holds.
-
-    The images the stored parts cover are still read from `batches` (so the source's read report
-    counts them) but not run through the network.
+    """`extractor.extract_all`, checkpointing into `partial` and resuming from what it holds.
 
     Args:
-        extractor: has `extract(batch) -> {name: tensor}` (a FeatureExtractor).
+        extractor: a FeatureExtractor (anything with its `extract_all`).
         batches: uint8 image batches in the source's fixed order.
         partial: where checkpoints go and come from.
         needed: the arrays a usable part must hold.
@@ -226,48 +242,28 @@ def extract_resumable(extractor: Any, batches: Iterable[np.ndarray], partial: Pa
         checkpoint_seconds: write a part when this long has passed since the last one
             (default CHECKPOINT_SECONDS).
     """
-    import sys
-    import time
-
-    from tqdm.auto import tqdm
-
-    from geneval.errors import GenevalError
-
     if checkpoint_seconds is None:
         checkpoint_seconds = CHECKPOINT_SECONDS
     chunks, done = partial.load(needed)
     if done:
         log.info("resuming an interrupted extraction: %d images already done (%s)", done, partial.folder)
-    skip, n = done, done
-    pending: dict[str, list[np.ndarray]] = {}
-    pending_start, last = done, time.monotonic()
-    with tqdm(total=total, initial=done, unit="img", desc="inception", file=sys.stderr, disable=not progress) as bar:
-        for batch in batches:
-            if skip:
-                take = min(skip, len(batch))
-                skip -= take
-                batch = batch[take:]
-                if len(batch) == 0:
-                    continue
-            feats = extractor.extract(batch)
-            for k, v in feats.items():
-                pending.setdefault(k, []).append(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
-            count = int(next(iter(feats.values())).shape[0])
-            n += count
-            bar.update(count)
-            if time.monotonic() - last >= checkpoint_seconds:
-                part = {k: np.concatenate(v) for k, v in pending.items()}
-                try:
-                    partial.save(pending_start, part)
-                except OSError as e:
-                    log.warning("could not write a partial cache file: %s", e)
-                for k, v in part.items():
-                    chunks.setdefault(k, []).append(v)
-                pending, pending_start, last = {}, n, time.monotonic()
-    if skip:
-        raise GenevalError(f"the source yielded fewer images than the {done} a checkpoint in {partial.folder} covers")
-    for k, v in pending.items():
-        chunks.setdefault(k, []).extend(v)
-    if n == 0:
-        raise GenevalError("no images to extract features from (the input yielded 0 images)")
+    state: dict[str, Any] = {"pending": {}, "start": done, "last": time.monotonic()}
+
+    def checkpoint(feats: dict[str, np.ndarray]) -> None:
+        for k, v in feats.items():
+            state["pending"].setdefault(k, []).append(v)
+        if time.monotonic() - state["last"] < checkpoint_seconds:
+            return
+        part = {k: np.concatenate(v) for k, v in state["pending"].items()}
+        try:
+            partial.save(state["start"], part)
+        except OSError as e:
+            log.warning("could not write a partial cache file: %s", e)
+        rows = next(iter(part.values())).shape[0]
+        state.update(pending={}, start=state["start"] + rows, last=time.monotonic())
+
+    new = extractor.extract_all(_skip_covered(batches, done, partial.folder), progress=progress, total=total,
+                                initial=done, on_batch=checkpoint)
+    for k, v in new.items():
+        chunks.setdefault(k, []).append(v)
     return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}

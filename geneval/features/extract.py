@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -147,26 +147,33 @@ class FeatureExtractor:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def extract_all(self, batches: Iterable[np.ndarray | torch.Tensor], progress: bool = True,
-                    total: int | None = None) -> dict[str, np.ndarray]:
+                    total: int | None = None, *, initial: int = 0,
+                    on_batch: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
         """Stream batches through `extract`; returns float32 numpy arrays (N×D) per output.
 
         Args:
             batches: iterable of uint8 batches.
             progress: show a tqdm bar (images) on stderr.
             total: number of images expected, for the progress bar.
+            initial: images already extracted elsewhere (a resumed checkpoint): the bar starts
+                there, and no new images is then not an error (returns {}).
+            on_batch: called with each batch's features once extracted (checkpointing).
         """
         from tqdm.auto import tqdm
 
         chunks: dict[str, list[np.ndarray]] = {}
         n = 0
-        with tqdm(total=total, unit="img", desc="inception", file=sys.stderr, disable=not progress) as bar:
+        with tqdm(total=total, initial=initial, unit="img", desc="inception", file=sys.stderr,
+                  disable=not progress) as bar:
             for batch in batches:
-                feats = self.extract(batch)
+                feats = {k: v.numpy() for k, v in self.extract(batch).items()}
                 for k, v in feats.items():
-                    chunks.setdefault(k, []).append(v.numpy())
+                    chunks.setdefault(k, []).append(v)
+                if on_batch is not None:
+                    on_batch(feats)
                 count = next(iter(feats.values())).shape[0]
                 n += count
                 bar.update(count)
-        if n == 0:
+        if n == 0 and initial == 0:
             raise GenevalError("no images to extract features from (the input yielded 0 images)")
         return {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
