@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import lzma
+import re
+import struct
+import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -21,45 +27,84 @@ Batch = tuple[np.ndarray, "np.ndarray | None"]
 
 # Bytes per read when hashing files: large enough to be fast, small enough to stream.
 HASH_CHUNK = 1 << 20
+# What reading a damaged zip (or one of its members) can raise besides BadZipFile: truncation,
+# unsupported or encrypted members, bad compressed streams, absurd header fields.
+ZIP_ERRORS: tuple[type[BaseException], ...] = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    OSError,
+    EOFError,
+    ValueError,
+    OverflowError,
+    NotImplementedError,
+    RuntimeError,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+)
+# A library's repr of a file object ("<_io.BytesIO object at 0x7f...>") says nothing to a user.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
 class ReadReport:
-    """How many inputs a source read, rejected (with reasons) and ignored (not images by name)."""
+    """How many inputs a source read, rejected (with reasons), ignored (not images by name) and
+    how many symlinks a folder walk skipped (into a folder already walked, or to a file already counted)."""
 
     read: int = 0
     rejected: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
+    links_skipped: int = 0
 
     @property
     def n_rejected(self) -> int:
         return len(self.rejected)
 
     def reject(self, item: str, reason: str) -> None:
-        self.rejected.append((item, " ".join(str(reason).split())))
+        reason = _OBJECT_REPR.sub("the file", str(reason))
+        self.rejected.append((item, " ".join(reason.split())))
 
     def summary(self, what: str = "images", max_reasons: int = 3) -> str:
         """One line: 'read 998 images (2 rejected: a.png: truncated; b.png: ...)'."""
         text = f"read {self.read} {what}"
         notes = []
         if self.rejected:
-            reasons = "; ".join(f"{item}: {why}" for item, why in self.rejected[:max_reasons])
-            more = f"; +{self.n_rejected - max_reasons} more" if self.n_rejected > max_reasons else ""
+            reasons = "; ".join(
+                f"{item}: {why}" for item, why in self.rejected[:max_reasons]
+            )
+            more = (
+                f"; +{self.n_rejected - max_reasons} more"
+                if self.n_rejected > max_reasons
+                else ""
+            )
             notes.append(f"{self.n_rejected} rejected: {reasons}{more}")
         else:
             notes.append("0 rejected")
         if self.ignored:
             notes.append(f"{self.ignored} non-image files ignored")
+        if self.links_skipped:
+            notes.append(
+                f"{self.links_skipped} symlinks skipped (folder or file already counted)"
+            )
         return f"{text} ({', '.join(notes)})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "rejected": self.n_rejected, "ignored": self.ignored,
-                "rejected_items": [list(r) for r in self.rejected]}
+        return {
+            "read": self.read,
+            "rejected": self.n_rejected,
+            "ignored": self.ignored,
+            "links_skipped": self.links_skipped,
+            "rejected_items": [list(r) for r in self.rejected],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ReadReport":
-        return cls(int(d.get("read", 0)), [tuple(r) for r in d.get("rejected_items", [])],
-                   int(d.get("ignored", 0)))
+    def from_dict(cls, d: dict[str, Any]) -> ReadReport:
+        return cls(
+            int(d.get("read", 0)),
+            [tuple(r) for r in d.get("rejected_items", [])],
+            int(d.get("ignored", 0)),
+            int(d.get("links_skipped", 0)),
+        )
 
 
 class Source(abc.ABC):
@@ -104,11 +149,25 @@ class Source(abc.ABC):
         if not self.has_images:
             raise GenevalError(f"{self.spec} holds statistics only, no images")
         self.report = ReadReport()
+        self.check_values()  # runs on the first next(): a bad value stops us before any batch is used
         yield from self._batches(batch_size)
 
+    def check_values(self) -> None:
+        """Scan every pixel value up front (chunked) and raise naming the first bad image; once.
+
+        Float arrays may hold NaN/inf or values outside their stated range; uint8 and decoded
+        files cannot, so for them this is a no-op. `batches()` calls it before the first batch,
+        and each batch is checked again as it is produced where no cheap scan exists.
+        """
+        if not getattr(self, "_values_checked", False):
+            self._check_values()
+            self._values_checked = True
+
+    def _check_values(self) -> None:
+        """Subclasses with float pixels scan them here (default: nothing to check)."""
+
     @abc.abstractmethod
-    def _batches(self, batch_size: int) -> Iterator[Batch]:
-        ...
+    def _batches(self, batch_size: int) -> Iterator[Batch]: ...
 
     def content_hash(self) -> str:
         """sha256 (hex) of the content: file bytes, or array shape+dtype+bytes; computed once."""
@@ -117,8 +176,7 @@ class Source(abc.ABC):
         return self._hash
 
     @abc.abstractmethod
-    def _content_hash(self) -> str:
-        ...
+    def _content_hash(self) -> str: ...
 
     def describe(self) -> str:
         """One line: kind, spec and size."""
@@ -132,7 +190,7 @@ class Source(abc.ABC):
             raise GenevalError(f"{self.spec}: no images found")
 
 
-def hash_file(path, h: "hashlib._Hash | None" = None) -> "hashlib._Hash":
+def hash_file(path, h: hashlib._Hash | None = None) -> hashlib._Hash:
     """Feed a file's bytes into a sha256 (new one unless `h` is given), chunk by chunk."""
     h = h or hashlib.sha256()
     try:

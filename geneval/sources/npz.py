@@ -10,107 +10,221 @@ What a file is follows from its keys:
 
 `arr_0` is streamed from the zip member batch by batch (the file may be tens of GB); a damaged
 archive or member is fatal (GenevalError): unlike a folder, one bad byte leaves no image we
-could trust to skip.
+could trust to skip. Every member's header is checked against the member's size before anything
+is read, so a lying header cannot make us allocate or wait for data that is not there. Float
+`arr_0` pixels are scanned up front when the member is stored (np.savez: memory-mapped in
+place, chunked); a compressed member (np.savez_compressed) is checked batch by batch instead,
+which would cost a second decompression up front. Either way the error names the image index.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.arrays import check_dtype, infer_layout, quantisation_note, to_uint8_nhwc
-from geneval.sources.base import Batch, Source, hash_file
+from geneval.sources.arrays import (
+    check_dtype,
+    infer_layout,
+    quantisation_note,
+    scan_values,
+    to_uint8_nhwc,
+)
+from geneval.sources.base import ZIP_ERRORS, Batch, Source, hash_file
 
 STATS_KEYS = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 FEATURE_KEYS = {"pool3": "geneval_pool3"}
 META_KEY = "geneval_meta"
 
 
+class _Header:
+    """A member's .npy header: shape, dtype, order, where the data starts and how long it is."""
+
+    def __init__(
+        self, shape: tuple[int, ...], dtype: np.dtype, fortran: bool, offset: int
+    ) -> None:
+        self.shape, self.dtype, self.fortran, self.offset = (
+            shape,
+            dtype,
+            fortran,
+            offset,
+        )
+        self.nbytes = math.prod(shape) * dtype.itemsize
+
+
 class NpzSource(Source):
     """An ADM sample batch, ADM reference batch or statistics `.npz` (see module docstring)."""
 
-    def __init__(self, path: Path, *, layout: str = "auto", float_range: str | None = None) -> None:
+    def __init__(
+        self, path: Path, *, layout: str = "auto", float_range: str | None = None
+    ) -> None:
         super().__init__(str(path))
         self.path = path
         self.float_range = float_range
+        self.shape: tuple[int, ...] | None = None
         try:
             self._zip = zipfile.ZipFile(path)
             members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise GenevalError(f"{path}: corrupt or truncated .npz ({_one_line(e)})") from None
+        except ZIP_ERRORS as e:
+            raise GenevalError(
+                f"{path}: corrupt or truncated .npz ({_one_line(e)})"
+            ) from None
         self._members = members
         keys = set(members)
         self._read_small_arrays(keys)
-        self.labels = self._load("arr_1").astype(np.int64).reshape(-1) if "arr_1" in keys else None
+        self.labels = self._load_labels() if "arr_1" in keys else None
         if "arr_0" in keys:
-            self.shape, self.dtype, self._header_len, self._fortran = self._arr0_header()
+            head = self._header("arr_0")
+            self.shape, self.dtype, self._header_len, self._fortran = (
+                head.shape,
+                head.dtype,
+                head.offset,
+                head.fortran,
+            )
             self.layout = infer_layout(self.shape, f"{path}: arr_0", layout)
             check_dtype(self.dtype, f"{path}: arr_0", float_range)
             self.quantisation = quantisation_note(self.dtype, float_range)
             self.has_images = True
             self.kind = "adm-ref" if self.stats else "npz"
             if self.labels is not None and len(self.labels) != self.shape[0]:
-                raise GenevalError(f"{path}: {len(self.labels)} labels (arr_1) for {self.shape[0]} images (arr_0)")
+                raise GenevalError(
+                    f"{path}: {len(self.labels)} labels (arr_1) for {self.shape[0]} images (arr_0)"
+                )
         elif self.stats:
             self.has_images = False
             self.kind = "stats"
-            self.shape = None
         else:
             raise GenevalError(
                 f"{path}: neither images (arr_0) nor statistics (mu, sigma); keys: {sorted(keys) or 'none'}"
             )
 
+    # -- member headers ----------------------------------------------------------------------
+    def _header(self, key: str) -> _Header:
+        """Parse a member's .npy header and check that the member holds the data it declares."""
+        info = self._zip.getinfo(self._members[key])
+        try:
+            with self._zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version in (
+                    (2, 0),
+                    (3, 0),
+                ):  # 3.0 differs only in allowing utf-8 field names
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(
+                        f"unsupported .npy format version {version[0]}.{version[1]}"
+                    )
+                offset = f.tell()
+        except ZIP_ERRORS as e:
+            raise GenevalError(
+                f"{self.path}: corrupt or truncated {key} ({_one_line(e)})"
+            ) from None
+        dtype = np.dtype(dtype)
+        if any(d < 0 for d in shape):
+            raise GenevalError(
+                f"{self.path}: member {key!r} declares a negative shape {tuple(shape)}"
+            )
+        head = _Header(tuple(int(d) for d in shape), dtype, bool(fortran), offset)
+        if dtype.hasobject:
+            raise GenevalError(
+                f"{self.path}: member {key!r} holds Python objects ({dtype}); refusing to unpickle"
+            )
+        if head.nbytes > info.file_size - offset:
+            raise GenevalError(
+                f"{self.path}: {key} is truncated: its header declares {head.shape} {dtype} "
+                f"({head.nbytes} bytes) but the member holds {max(0, info.file_size - offset)}"
+            )
+        return head
+
     # -- small arrays: statistics, features, labels, metadata -------------------------------
     def _load(self, key: str) -> np.ndarray:
+        self._header(key)  # sizes checked before read_array allocates anything
         try:
             with self._zip.open(self._members[key]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated .npz member {key!r} ({_one_line(e)})") from None
+        except ZIP_ERRORS as e:
+            raise GenevalError(
+                f"{self.path}: corrupt or truncated {key} ({_one_line(e)})"
+            ) from None
+
+    def _load_numeric(self, key: str, kinds: str, what: str) -> np.ndarray:
+        arr = self._load(key)
+        if arr.dtype.kind not in kinds:
+            raise GenevalError(
+                f"{self.path}: {key} has dtype {arr.dtype}, expected {what}"
+            )
+        return arr
+
+    def _load_labels(self) -> np.ndarray:
+        return (
+            self._load_numeric("arr_1", "iu", "integer class labels")
+            .astype(np.int64)
+            .reshape(-1)
+        )
 
     def _read_small_arrays(self, keys: set[str]) -> None:
         for layer, (mk, sk) in STATS_KEYS.items():
             if mk in keys or sk in keys:
                 if not (mk in keys and sk in keys):
-                    raise GenevalError(f"{self.path}: has {mk if mk in keys else sk!r} without its partner")
-                mu, sigma = self._load(mk).astype(np.float64), self._load(sk).astype(np.float64)
-                d = mu.reshape(-1).shape[0]
-                if mu.ndim != 1 or sigma.shape != (d, d):
                     raise GenevalError(
-                        f"{self.path}: {mk}/{sk} shapes {mu.shape}/{sigma.shape} are not (d,) and (d, d)"
+                        f"{self.path}: has {mk if mk in keys else sk!r} without its partner"
+                    )
+                mu = self._load_numeric(mk, "fiu", "float statistics").astype(
+                    np.float64
+                )
+                sigma = self._load_numeric(sk, "fiu", "float statistics").astype(
+                    np.float64
+                )
+                if (
+                    mu.ndim != 1
+                    or sigma.shape != (mu.shape[0], mu.shape[0])
+                    or mu.shape[0] == 0
+                ):
+                    raise GenevalError(
+                        f"{self.path}: {mk}/{sk} shapes {mu.shape}/{sigma.shape} are not (d,) and (d, d) with d >= 1"
                     )
                 if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                     raise GenevalError(f"{self.path}: non-finite values in {mk}/{sk}")
                 self.stats[layer] = (mu, sigma)
         for layer, key in FEATURE_KEYS.items():
             if key in keys:
-                feats = self._load(key)
+                feats = self._load_numeric(key, "f", "float features")
                 if feats.ndim != 2:
-                    raise GenevalError(f"{self.path}: {key} has shape {feats.shape}, expected (N, d)")
+                    raise GenevalError(
+                        f"{self.path}: {key} has shape {feats.shape}, expected (N, d)"
+                    )
                 self.features[layer] = feats
         if META_KEY in keys:
+            raw = self._load(META_KEY)
             try:
-                self.meta.update(json.loads(str(self._load(META_KEY))))
-            except (ValueError, TypeError) as e:
-                raise GenevalError(f"{self.path}: unreadable {META_KEY} ({_one_line(e)})") from None
-
-    # -- streaming arr_0 ---------------------------------------------------------------------
-    def _arr0_header(self) -> tuple[tuple[int, ...], np.dtype, int, bool]:
-        try:
-            with self._zip.open(self._members["arr_0"]) as f:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
-                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-                return tuple(shape), np.dtype(dtype), f.tell(), fortran
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
+                if raw.dtype.kind not in "US" or raw.ndim != 0:
+                    raise TypeError(
+                        f"expected a JSON string, got {raw.dtype} {raw.shape}"
+                    )
+                meta = json.loads(raw.item())
+                if not isinstance(meta, dict):
+                    raise TypeError(
+                        f"expected a JSON object, got {type(meta).__name__}"
+                    )
+                n = meta.get("n")
+                if n is not None and not (
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                ):
+                    raise TypeError(f"'n' must be a count, got {n!r}")
+            except (ValueError, TypeError, RecursionError) as e:
+                raise GenevalError(
+                    f"{self.path}: unreadable {META_KEY} ({_one_line(e)})"
+                ) from None
+            self.meta.update(meta)
 
     @property
     def n(self) -> int | None:
@@ -119,15 +233,52 @@ class NpzSource(Source):
         n = self.meta.get("n")
         return int(n) if n is not None else None
 
+    # -- float values: checked before the first batch ------------------------------------------
+    def _check_values(self) -> None:
+        if not self.has_images or self.dtype.kind != "f":
+            return
+        info = self._zip.getinfo(self._members["arr_0"])
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            return  # compressed: checked batch by batch in _batches (a pre-scan would decompress twice)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(30)
+            name_len, extra_len = struct.unpack("<26xHH", local)
+            data_start = (
+                info.header_offset + 30 + name_len + extra_len + self._header_len
+            )
+            arr = np.memmap(
+                self.path,
+                dtype=self.dtype,
+                mode="r",
+                offset=data_start,
+                shape=self.shape,
+                order="F" if self._fortran else "C",
+            )
+        except (OSError, ValueError, struct.error) as e:
+            raise GenevalError(
+                f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})"
+            ) from None
+        try:
+            scan_values(arr, f"{self.path}: arr_0", self.float_range)
+        finally:
+            del arr
+
+    # -- streaming arr_0 ---------------------------------------------------------------------
     def _batches(self, batch_size: int) -> Iterator[Batch]:
-        if self._fortran:  # rare: np.savez of a Fortran-ordered array; no row streaming possible
+        if (
+            self._fortran
+        ):  # rare: np.savez of a Fortran-ordered array; no row streaming possible
             arr = self._load("arr_0")
             chunks = (arr[i : i + batch_size] for i in range(0, len(arr), batch_size))
         else:
             chunks = self._stream_rows(batch_size)
         i = 0
         for raw in chunks:
-            imgs = to_uint8_nhwc(raw, self.layout, f"{self.path}: arr_0", self.float_range)
+            imgs = to_uint8_nhwc(
+                raw, self.layout, f"{self.path}: arr_0", self.float_range, start=i
+            )
             self.report.read += len(imgs)
             labels = None if self.labels is None else self.labels[i : i + len(imgs)]
             i += len(imgs)
@@ -136,7 +287,7 @@ class NpzSource(Source):
     def _stream_rows(self, batch_size: int) -> Iterator[np.ndarray]:
         n = self.shape[0]
         row_shape = self.shape[1:]
-        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        row_bytes = math.prod(row_shape) * self.dtype.itemsize
         try:
             with self._zip.open(self._members["arr_0"]) as f:
                 f.read(self._header_len)
@@ -148,9 +299,14 @@ class NpzSource(Source):
                             f"{self.path}: arr_0 is truncated: header says {n} images, data ends at image {start + len(buf) // max(row_bytes, 1)}"
                         )
                     yield np.frombuffer(buf, dtype=self.dtype).reshape((k, *row_shape))
-                f.read()  # reach the end so zipfile checks the member's CRC
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
+                while f.read(
+                    1 << 20
+                ):  # reach the end so zipfile checks the member's CRC
+                    pass
+        except ZIP_ERRORS as e:
+            raise GenevalError(
+                f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})"
+            ) from None
 
     def _content_hash(self) -> str:
         return hash_file(self.path).hexdigest()
