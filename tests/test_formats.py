@@ -87,8 +87,8 @@ def test_wrong_preset_lists_keys_and_describes_file(tmp_path):
     assert "in_channels=3" in msg and "learned sigma: yes" in msg and "classes=5" in msg
     with pytest.raises(GenevalError, match="pass a preset"):
         load_model(tmp_path / "x.pt")
-    with pytest.raises(GenevalError, match="unknown preset 'adm-512'; known presets: adm-64"):
-        load_model(tmp_path / "x.pt", preset="adm-512")
+    with pytest.raises(GenevalError, match="unknown preset 'adm-1024'; known presets: adm-64"):
+        load_model(tmp_path / "x.pt", preset="adm-1024")
     with pytest.raises(GenevalError, match="unknown unet flags"):
         load_model(tmp_path / "x.pt", preset="adm-64", widht=3)
 

@@ -12,64 +12,88 @@ from geneval.models.nn import AttentionBlock, GroupNorm32
 from geneval.models.presets import PRESETS
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters, init_random_
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- independent key structure
 
 
-def _res_keys(prefix: str, ch_in: int, ch_out: int) -> set[str]:
-    keys = {f"{prefix}.in_layers.0.weight", f"{prefix}.in_layers.0.bias", f"{prefix}.in_layers.2.weight",
-            f"{prefix}.in_layers.2.bias", f"{prefix}.emb_layers.1.weight", f"{prefix}.emb_layers.1.bias",
-            f"{prefix}.out_layers.0.weight", f"{prefix}.out_layers.0.bias", f"{prefix}.out_layers.3.weight",
-            f"{prefix}.out_layers.3.bias"}
+def _res_shapes(prefix: str, ch_in: int, ch_out: int, emb: int, scale_shift: bool = True) -> dict[str, tuple[int, ...]]:
+    out = {f"{prefix}.in_layers.0.weight": (ch_in,), f"{prefix}.in_layers.0.bias": (ch_in,),
+           f"{prefix}.in_layers.2.weight": (ch_out, ch_in, 3, 3), f"{prefix}.in_layers.2.bias": (ch_out,),
+           f"{prefix}.emb_layers.1.weight": ((2 if scale_shift else 1) * ch_out, emb),
+           f"{prefix}.emb_layers.1.bias": ((2 if scale_shift else 1) * ch_out,),
+           f"{prefix}.out_layers.0.weight": (ch_out,), f"{prefix}.out_layers.0.bias": (ch_out,),
+           f"{prefix}.out_layers.3.weight": (ch_out, ch_out, 3, 3), f"{prefix}.out_layers.3.bias": (ch_out,)}
     if ch_in != ch_out:
-        keys |= {f"{prefix}.skip_connection.weight", f"{prefix}.skip_connection.bias"}
-    return keys
+        out |= {f"{prefix}.skip_connection.weight": (ch_out, ch_in, 1, 1), f"{prefix}.skip_connection.bias": (ch_out,)}
+    return out
 
 
-def _attn_keys(prefix: str) -> set[str]:
-    return {f"{prefix}.{n}.{p}" for n in ("norm", "qkv", "proj_out") for p in ("weight", "bias")}
+def _attn_shapes(prefix: str, ch: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.norm.weight": (ch,), f"{prefix}.norm.bias": (ch,), f"{prefix}.qkv.weight": (3 * ch, ch, 1),
+            f"{prefix}.qkv.bias": (3 * ch,), f"{prefix}.proj_out.weight": (ch, ch, 1), f"{prefix}.proj_out.bias": (ch,)}
 
 
-def guided_diffusion_keys(mc: int, mult: tuple[int, ...], blocks: int, attn_levels: set[int], updown: bool,
-                          classes: bool, decoder: bool = True) -> set[str]:
-    """The state-dict keys guided-diffusion's UNetModel/EncoderUNetModel would have, written out
-    from its documented structure (not from geneval's modules)."""
-    keys = {"time_embed.0.weight", "time_embed.0.bias", "time_embed.2.weight", "time_embed.2.bias",
-            "input_blocks.0.0.weight", "input_blocks.0.0.bias"}
-    if classes:
-        keys.add("label_emb.weight")
-    n, ch, chans = 1, mc * mult[0], [mc * mult[0]]
+def guided_diffusion_shapes(mc: int, mult: tuple[float, ...], blocks: int, attn_levels: set[int], updown: bool,
+                            classes: int | None, decoder: bool = True, in_ch: int = 3, out_ch: int = 6,
+                            scale_shift: bool = True) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of guided-diffusion's UNetModel / SuperResModel / EncoderUNetModel trunk, written out
+    from its documented construction loop (guided_diffusion/unet.py), not from geneval's modules.
+    Widths are int(mult·mc) as there; in_ch is 6 for SuperResModel (x_t and the upsampled low-res)."""
+    emb = 4 * mc
+    sh = {"time_embed.0.weight": (emb, mc), "time_embed.0.bias": (emb,), "time_embed.2.weight": (emb, emb),
+          "time_embed.2.bias": (emb,)}
+    if classes is not None:
+        sh["label_emb.weight"] = (classes, emb)
+    ch0 = int(mult[0] * mc)
+    sh |= {"input_blocks.0.0.weight": (ch0, in_ch, 3, 3), "input_blocks.0.0.bias": (ch0,)}
+    n, ch, chans = 1, ch0, [ch0]
     for level, m in enumerate(mult):
         for _ in range(blocks):
-            keys |= _res_keys(f"input_blocks.{n}.0", ch, mc * m)
-            ch = mc * m
+            sh |= _res_shapes(f"input_blocks.{n}.0", ch, int(m * mc), emb, scale_shift)
+            ch = int(m * mc)
             if level in attn_levels:
-                keys |= _attn_keys(f"input_blocks.{n}.1")
+                sh |= _attn_shapes(f"input_blocks.{n}.1", ch)
             chans.append(ch)
             n += 1
         if level != len(mult) - 1:
-            keys |= _res_keys(f"input_blocks.{n}.0", ch, ch) if updown else {f"input_blocks.{n}.0.op.weight", f"input_blocks.{n}.0.op.bias"}
+            if updown:
+                sh |= _res_shapes(f"input_blocks.{n}.0", ch, ch, emb, scale_shift)
+            else:
+                sh |= {f"input_blocks.{n}.0.op.weight": (ch, ch, 3, 3), f"input_blocks.{n}.0.op.bias": (ch,)}
             chans.append(ch)
             n += 1
-    keys |= _res_keys("middle_block.0", ch, ch) | _attn_keys("middle_block.1") | _res_keys("middle_block.2", ch, ch)
+    sh |= _res_shapes("middle_block.0", ch, ch, emb, scale_shift) | _attn_shapes("middle_block.1", ch)
+    sh |= _res_shapes("middle_block.2", ch, ch, emb, scale_shift)
     if not decoder:
-        return keys
+        return sh
     n = 0
     for level in reversed(range(len(mult))):
         for i in range(blocks + 1):
-            keys |= _res_keys(f"output_blocks.{n}.0", ch + chans.pop(), mc * mult[level])
-            ch = mc * mult[level]
+            sh |= _res_shapes(f"output_blocks.{n}.0", ch + chans.pop(), int(mc * mult[level]), emb, scale_shift)
+            ch = int(mc * mult[level])
             j = 1
             if level in attn_levels:
-                keys |= _attn_keys(f"output_blocks.{n}.1")
+                sh |= _attn_shapes(f"output_blocks.{n}.1", ch)
                 j = 2
             if level and i == blocks:
-                keys |= _res_keys(f"output_blocks.{n}.{j}", ch, ch) if updown else {f"output_blocks.{n}.{j}.conv.weight", f"output_blocks.{n}.{j}.conv.bias"}
+                if updown:
+                    sh |= _res_shapes(f"output_blocks.{n}.{j}", ch, ch, emb, scale_shift)
+                else:
+                    sh |= {f"output_blocks.{n}.{j}.conv.weight": (ch, ch, 3, 3), f"output_blocks.{n}.{j}.conv.bias": (ch,)}
             n += 1
-    return keys | {"out.0.weight", "out.0.bias", "out.2.weight", "out.2.bias"}
+    return sh | {"out.0.weight": (ch,), "out.0.bias": (ch,), "out.2.weight": (out_ch, ch0, 3, 3), "out.2.bias": (out_ch,)}
+
+
+def guided_diffusion_keys(mc: int, mult: tuple[float, ...], blocks: int, attn_levels: set[int], updown: bool,
+                          classes: bool, decoder: bool = True) -> set[str]:
+    """The state-dict keys of guided_diffusion_shapes (kept for tests that only compare key sets)."""
+    return set(guided_diffusion_shapes(mc, mult, blocks, attn_levels, updown, 1000 if classes else None, decoder))
+
+
+def state_shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
 
 
 @pytest.mark.parametrize("updown", [True, False])
@@ -93,9 +117,10 @@ def test_preset_keys_and_parameter_counts(name):
     with torch.device("meta"):
         net = UNetModel(c)
     attn_levels = {lvl for lvl in range(len(c.channel_mult)) if c.image_size // 2**lvl in c.attention_resolutions}
-    expected = guided_diffusion_keys(c.model_channels, tuple(int(m) for m in c.channel_mult), c.num_res_blocks,
-                                     attn_levels, c.resblock_updown, c.num_classes is not None)
-    assert set(net.state_dict()) == expected
+    expected = guided_diffusion_shapes(c.model_channels, c.channel_mult, c.num_res_blocks, attn_levels, c.resblock_updown,
+                                       c.num_classes, in_ch=6 if c.super_res else 3, out_ch=c.out_channels,
+                                       scale_shift=c.use_scale_shift_norm)
+    assert state_shapes(net) == expected
     assert count_parameters(net) == p.num_parameters
     if name == "adm-64":
         assert round(p.num_parameters / 1e6) == 296  # the figure quoted for ADM 64x64
@@ -108,14 +133,14 @@ def test_classifier_preset_keys_and_counts(name):
     with torch.device("meta"):
         net = EncoderUNet(c)
     attn_levels = {lvl for lvl in range(len(c.channel_mult)) if c.image_size // 2**lvl in c.attention_resolutions}
-    expected = guided_diffusion_keys(c.model_channels, tuple(int(m) for m in c.channel_mult), c.num_res_blocks,
-                                     attn_levels, c.resblock_updown, classes=False, decoder=False)
+    expected = set(guided_diffusion_shapes(c.model_channels, c.channel_mult, c.num_res_blocks, attn_levels, c.resblock_updown,
+                                           None, decoder=False))
     expected |= {"out.0.weight", "out.0.bias", "out.2.positional_embedding", "out.2.qkv_proj.weight",
                  "out.2.qkv_proj.bias", "out.2.c_proj.weight", "out.2.c_proj.bias"}
     assert set(net.state_dict()) == expected
     assert count_parameters(net) == p.num_parameters
     final = c.image_size // 2 ** (len(c.channel_mult) - 1)
-    assert tuple(net.state_dict()["out.2.positional_embedding"].shape) == (c.model_channels * c.channel_mult[-1], final**2 + 1)
+    assert tuple(net.state_dict()["out.2.positional_embedding"].shape) == (int(c.model_channels * c.channel_mult[-1]), final**2 + 1)
 
 
 # ---------------------------------------------------------------- attention orders

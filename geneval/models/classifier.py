@@ -1,8 +1,15 @@
-"""The ADM noisy classifier: the UNet's encoder half plus an attention-pool head.
+"""The ADM noisy classifier: the UNet's encoder half plus a pooling head.
 
-Module names follow guided-diffusion's `EncoderUNetModel(pool="attention")`, so its released
-classifier `.pt` files load strictly: time_embed.{0,2}, input_blocks..., middle_block.{0,1,2},
-out.0 (norm), out.2.{positional_embedding, qkv_proj, c_proj}.
+Module names follow guided-diffusion's `EncoderUNetModel`, so its `.pt` files load strictly:
+time_embed.{0,2}, input_blocks..., middle_block.{0,1,2}, then the head of each `pool`:
+
+- "attention" (the released classifiers): out.0 norm, out.2.{positional_embedding, qkv_proj, c_proj};
+- "adaptive": out.0 norm, SiLU, global average pool, out.3 zero-initialised 1×1 conv, flatten;
+- "spatial": the spatial means of every input block's output and of the middle block,
+  concatenated (feature size = the sum of their widths), then out.0 Linear(·, 2048), ReLU,
+  out.2 Linear(2048, classes);
+- "spatial_v2": the same features, out.0 Linear(·, 2048), out.1 GroupNorm32(32, 2048), SiLU,
+  out.3 Linear(2048, classes).
 """
 
 from __future__ import annotations
@@ -13,15 +20,18 @@ import torch
 from torch import nn
 
 from geneval.models.nn import (
-    JSONConfig,
     AttentionBlock,
     AttentionPool2d,
     Downsample,
+    JSONConfig,
     ResBlock,
     TimestepEmbedSequential,
     normalization,
     timestep_embedding,
+    zero_module,
 )
+
+POOLS = ("attention", "adaptive", "spatial", "spatial_v2")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class ClassifierConfig(JSONConfig):
         channel_mult: width multiplier per level.
         num_head_channels: channels per attention head (ADM uses 64).
         use_scale_shift_norm, resblock_updown, use_new_attention_order: as in UNetConfig.
+        pool: the head ("classifier_pool"): attention, adaptive, spatial or spatial_v2.
     """
 
     _what = "classifier config"
@@ -55,6 +66,13 @@ class ClassifierConfig(JSONConfig):
     resblock_updown: bool = True
     use_new_attention_order: bool = False
     conv_resample: bool = True
+    pool: str = "attention"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown classifier pool {self.pool!r}; known: {', '.join(POOLS)}")
+        if self.pool == "attention" and self.num_head_channels == -1:
+            raise ValueError("the attention pool needs num_head_channels (guided-diffusion asserts it)")
 
 
 class EncoderUNet(nn.Module):
@@ -75,6 +93,7 @@ class EncoderUNet(nn.Module):
 
         ch = int(c.channel_mult[0] * c.model_channels)
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
+        feature_size = ch  # widths of all pooled features for the spatial heads
         ds = 1
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -83,19 +102,39 @@ class EncoderUNet(nn.Module):
                 if ds in attn_ds:
                     layers.append(attn(ch))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
+                feature_size += ch
             if level != len(c.channel_mult) - 1:
                 down = res(ch, ch, down=True) if c.resblock_updown else Downsample(ch, c.conv_resample)
                 self.input_blocks.append(TimestepEmbedSequential(down))
+                feature_size += ch
                 ds *= 2
         self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-        self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels)
-        )
+        feature_size += ch
+        self.feature_size = feature_size
+        if c.pool == "attention":
+            self.out = nn.Sequential(
+                normalization(ch), nn.SiLU(), AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels)
+            )
+        elif c.pool == "adaptive":
+            self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
+                                     zero_module(nn.Conv2d(ch, c.out_channels, 1)), nn.Flatten())
+        elif c.pool == "spatial":
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), nn.ReLU(), nn.Linear(2048, c.out_channels))
+        else:  # spatial_v2
+            self.out = nn.Sequential(nn.Linear(feature_size, 2048), normalization(2048), nn.SiLU(), nn.Linear(2048, c.out_channels))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Class logits for noisy images x at network timesteps t."""
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
+        spatial = self.config.pool.startswith("spatial")
+        pooled = []
         h = x
         for module in self.input_blocks:
             h = module(h, emb)
-        return self.out(self.middle_block(h, emb))
+            if spatial:
+                pooled.append(h.to(x.dtype).mean(dim=(2, 3)))
+        h = self.middle_block(h, emb)
+        if spatial:
+            pooled.append(h.to(x.dtype).mean(dim=(2, 3)))
+            return self.out(torch.cat(pooled, dim=-1))
+        return self.out(h)

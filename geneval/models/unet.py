@@ -5,6 +5,11 @@ improved-diffusion's), so their `.pt` files load with `load_state_dict(strict=Tr
 time_embed.{0,2}, label_emb, input_blocks.N.M..., middle_block.{0,1,2}, output_blocks.N.M...,
 out.{0,2}. Class-conditional models for classifier-free guidance reserve one extra "null" class:
 build them with `num_classes = K + 1` and `null_class = K` (the native format records both).
+
+Super-resolution models (guided-diffusion's `SuperResModel`, config `low_res_size` set) take a
+`low_res` image in [-1, 1] (ADM: uint8/127.5 − 1), upsample it bilinearly (align_corners False,
+no antialias) to the model resolution and concatenate it after x_t, so `input_blocks.0.0` has
+2·in_channels inputs. The low-res image is never noised.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from geneval.errors import GenevalError
 from geneval.models.nn import (
-    JSONConfig,
     AttentionBlock,
     Downsample,
+    JSONConfig,
     ResBlock,
     TimestepEmbedSequential,
     Upsample,
@@ -39,6 +46,14 @@ def default_channel_mult(image_size: int) -> tuple[float, ...]:
     if image_size not in table:
         raise ValueError(f"no default channel_mult for image size {image_size}; pass channel_mult")
     return table[image_size]
+
+
+def default_super_res_channel_mult(large_size: int) -> tuple[float, ...]:
+    """guided-diffusion's sr_create_model multipliers (512 uses the 256 table, not the 0.5 one)."""
+    table = {512: (1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 64: (1, 2, 3, 4)}
+    if large_size not in table:
+        raise ValueError(f"no default super-resolution channel_mult for large size {large_size}; pass channel_mult")
+    return table[large_size]
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,8 @@ class UNetConfig(JSONConfig):
         resblock_updown: resample with ResBlocks instead of Upsample/Downsample.
         use_new_attention_order: split q,k,v before heads (ADM 64×64) vs legacy per-head order.
         conv_resample: learned conv in Upsample/Downsample.
+        low_res_size: for super-resolution models (SuperResModel), the size of the low-res
+            conditioning image they were trained on ("small_size"); None for plain UNets.
     """
 
     _what = "UNet config"
@@ -84,6 +101,12 @@ class UNetConfig(JSONConfig):
     resblock_updown: bool = False
     use_new_attention_order: bool = False
     conv_resample: bool = True
+    low_res_size: int | None = None
+
+    @property
+    def super_res(self) -> bool:
+        """True for an ADM SuperResModel (low-res image concatenated to x_t)."""
+        return self.low_res_size is not None
 
     @property
     def learn_sigma(self) -> bool:
@@ -92,7 +115,7 @@ class UNetConfig(JSONConfig):
 
 
 class UNetModel(nn.Module):
-    """The ADM UNet: forward(x, t, y=None) -> model output (N, out_channels, H, W)."""
+    """The ADM UNet (and SuperResModel): forward(x, t, y=None, low_res=None) -> (N, out_channels, H, W)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -111,7 +134,8 @@ class UNetModel(nn.Module):
             return AttentionBlock(ch, heads, c.num_head_channels, c.use_new_attention_order)
 
         ch = input_ch = int(c.channel_mult[0] * c.model_channels)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(c.in_channels, ch, 3, padding=1))])
+        net_in = 2 * c.in_channels if c.super_res else c.in_channels
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(net_in, ch, 3, padding=1))])
         skip_chans, ds = [ch], 1
         for level, mult in enumerate(c.channel_mult):
             for _ in range(c.num_res_blocks):
@@ -140,10 +164,26 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(input_ch, c.out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Predict the model output for noisy images x at (original, possibly rescaled) timesteps."""
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
+                low_res: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the model output for noisy images x at (original, possibly rescaled) timesteps.
+
+        Args:
+            x: x_t (N, in_channels, H, W).
+            timesteps: network timesteps (N,).
+            y: class labels (N,) for class-conditional models.
+            low_res: super-resolution models only: the low-res images in [-1, 1] (N, C, h, w).
+        """
         if (y is not None) != (self.config.num_classes is not None):
             raise ValueError("pass class labels y if and only if the model is class-conditional")
+        if self.config.super_res:
+            if low_res is None:
+                raise GenevalError("this is a super-resolution model (ADM upsampler): it needs low-res images; use it as the "
+                                   "upsampler of a cascade (--upsampler), not as a base model")
+            up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=False)
+            x = torch.cat([x, up], dim=1)
+        elif low_res is not None:
+            raise ValueError("low_res given to a model that is not a super-resolution model")
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels))
         if y is not None:
             emb = emb + self.label_emb(y)
