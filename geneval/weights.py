@@ -383,10 +383,9 @@ class ResolvedWeights:
             return normalize_state_dict(load_file(str(self.path), device="cpu"))
         if self.format == "torchscript":
             return _load_tf_trunk(self.path)
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a non-checkpoint file
-            raise GenevalError(f"cannot load {self.path} as a state dict: {e}") from None
+        from geneval.models.safe_load import load_checkpoint
+
+        state = load_checkpoint(self.path)
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         if not isinstance(state, dict):
@@ -482,10 +481,9 @@ def _has_logits(path: Path, fmt: str) -> bool:
                 return "fc.weight" in f.keys()
         except Exception as e:
             raise GenevalError(f"cannot read {path} as safetensors: {e}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # torch raises several types for a non-checkpoint file
-        raise GenevalError(f"cannot load {path} as a state dict: {e}") from None
+    from geneval.models.safe_load import load_checkpoint
+
+    state = load_checkpoint(path, mmap=True)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

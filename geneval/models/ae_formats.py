@@ -300,11 +300,9 @@ def _read_weights(path: Path) -> dict[str, Any]:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types for foreign bytes
             raise GenevalError(f"cannot read {path} as safetensors: {' '.join(str(e).split())}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a non-checkpoint or pickled-code file
-        raise GenevalError(f"cannot load {path} as a weights-only torch checkpoint: "
-                           f"{' '.join(str(e).split())[:200]}") from None
+    from geneval.models.safe_load import load_checkpoint
+
+    obj = load_checkpoint(path)  # weights only; Lightning callback objects load as plain data
     if not isinstance(obj, dict):
         raise GenevalError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return obj
