@@ -257,33 +257,70 @@ def _load_native(weights: Path, doc: dict[str, Any], device, flags: dict[str, An
 # ---------------------------------------------------------------- guided-diffusion / improved-diffusion
 
 
-def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any]) -> LoadedModel:
+def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any], model_flags: Any = None) -> LoadedModel:
+    """A bare guided-/improved-diffusion state dict; the architecture from a preset, the release it is, or flags.
+
+    A file whose name (or pinned sha256) is a published release selects that release's preset.
+    Head counts and attention order are not in the state dict, so for a known release every
+    flag or override that contradicts the preset is an error (it would load and sample wrongly).
+    `model_flags` (the authors' flag names) alone describe any other checkpoint; given together
+    with a preset they must agree with it.
+    """
+    from geneval.models.model_flags import flag_conflicts, parse_model_flags
+    from geneval.models.presets import match_release
     from geneval.models.safe_load import load_checkpoint
 
     sd = load_checkpoint(path)  # weights only; a refusal names the file and the offending global
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise GenevalError(f"{path}: expected a plain state dict of tensors (guided-diffusion .pt)")
-    if preset is None:
-        raise GenevalError(f"{path}: a guided-diffusion/improved-diffusion .pt has no config; pass a preset "
-                           f"(e.g. --preset adm-256). The file looks like: {describe_state_dict(sd)}")
-    p = get_preset(preset)
+    kind = "unet" if any(k.startswith("output_blocks.") for k in sd) else "classifier"
+    parsed = parse_model_flags(model_flags, kind=kind) if model_flags is not None else None
+    sha = file_sha256(path)
+    release = match_release(path.name, sha)
+    if preset is not None:
+        p = get_preset(preset)
+        if release is not None and release.preset.name != p.name:
+            raise GenevalError(f"{path.name} is the published {release.preset.name} checkpoint (matched by {release.matched_by}), "
+                               f"not {preset}; drop --preset (or rename the file if it is not that release)")
+    elif release is not None:
+        p = release.preset
+    elif parsed is None:
+        raise GenevalError(f"{path}: a guided-diffusion/improved-diffusion .pt has no config; pass a preset (e.g. --preset adm-256) "
+                           f"or the authors' flags (--model-flags \"--image_size 256 ...\"). The file looks like: {describe_state_dict(sd)}")
+    else:
+        p = None
+    if p is not None and p.kind != kind:
+        raise GenevalError(f"{path.name} is a {kind} state dict but preset {p.name} is a {p.kind}")
+    if p is not None:
+        cfg, diffusion, what = p.config, p.diffusion, f"preset {p.name}"
+        bad = flag_conflicts(parsed, p.config, p.diffusion) if parsed is not None else []
+        if bad:
+            whose = f"the published {p.name} checkpoint {path.name}" if release is not None else f"preset {p.name}"
+            raise GenevalError(f"--model-flags contradict {whose}: {'; '.join(bad)} (heads and attention order are not stored in "
+                               f"the file, so a mismatch would load silently and sample wrongly); drop the flags or the preset")
+    else:
+        cfg, diffusion, what = parsed.config, parsed.diffusion, "the architecture given by --model-flags"
     diff_names = {f.name for f in dataclasses.fields(DiffusionConfig)}
     diff_flags = {k: v for k, v in flags.items() if k in diff_names}
-    cfg = _apply_flags(p.config, {k: v for k, v in flags.items() if k not in diff_names}, p.kind)
-    if p.kind == "classifier":
+    new_cfg = _apply_flags(cfg, {k: v for k, v in flags.items() if k not in diff_names}, kind)
+    if kind == "classifier":
         if diff_flags:
-            raise GenevalError(f"diffusion flags {sorted(diff_flags)} make no sense for classifier preset {preset}")
-        cls, diffusion = EncoderUNet, None
-        n_cls = cfg.out_channels
+            raise GenevalError(f"diffusion flags {sorted(diff_flags)} make no sense for a classifier ({what})")
+        cls, new_diffusion, n_cls = EncoderUNet, None, new_cfg.out_channels
     else:
-        diffusion = _apply_flags(p.diffusion, diff_flags, "diffusion")
-        if cfg.learn_sigma and diffusion.variance_type != "learned_range" and "variance_type" not in diff_flags:
-            diffusion = dataclasses.replace(diffusion, variance_type="learned_range")
-        cls = UNetModel
-        n_cls = cfg.num_classes
-    net = build_from_state_dict(cls, cfg, sd, f"preset {preset}")
-    return LoadedModel(_finish(net, device), cfg, diffusion, p.kind, "guided-diffusion", n_cls, None, None, str(path),
-                       file_sha256(path), preset, {"summary": p.summary})
+        new_diffusion = _apply_flags(diffusion, diff_flags, "diffusion")
+        if new_cfg.learn_sigma and new_diffusion.variance_type != "learned_range" and "variance_type" not in diff_flags:
+            new_diffusion = dataclasses.replace(new_diffusion, variance_type="learned_range")
+        cls, n_cls = UNetModel, new_cfg.num_classes
+    if release is not None and (new_cfg != cfg or new_diffusion != diffusion):
+        raise GenevalError(f"overrides {sorted(flags)} contradict the published {p.name} checkpoint {path.name} "
+                           f"(matched by {release.matched_by}); rename the file if it is not that release")
+    net = build_from_state_dict(cls, new_cfg, sd, what)
+    info: dict[str, Any] = {"summary": p.summary if p else "architecture from --model-flags",
+                            "preset": p.describe() if p else None, "release": release.to_dict() if release else None,
+                            "model_flags": parsed.to_dict() if parsed else None}
+    return LoadedModel(_finish(net, device), new_cfg, new_diffusion, kind, "guided-diffusion", n_cls, None, None, str(path),
+                       sha, p.name if p else None, info)
 
 
 # ---------------------------------------------------------------- diffusers
@@ -349,18 +386,24 @@ def _load_diffusers(path: Path, device, flags: dict[str, Any]) -> LoadedModel:
 # ---------------------------------------------------------------- entry point
 
 
-def load_model(path: str | os.PathLike, preset: str | None = None, device: torch.device | str | None = "cpu", **flags: Any) -> LoadedModel:
-    """Load a UNet or classifier from any supported format.
+def load_model(path: str | os.PathLike, preset: str | None = None, device: torch.device | str | None = "cpu", *,
+               model_flags: str | dict[str, Any] | None = None, **flags: Any) -> LoadedModel:
+    """Load a UNet, super-resolution UNet or classifier from any supported format.
 
     Args:
         path: native `.safetensors` / directory, guided-diffusion `.pt`, or diffusers folder.
-        preset: architecture preset for `.pt` files (see geneval.models.presets.PRESETS).
+        preset: architecture preset for `.pt` files (see geneval.models.presets.PRESETS); a `.pt`
+            named like a published release (e.g. 64_256_upsampler.pt) selects its preset itself.
         device: where to put the network (None leaves it on CPU).
+        model_flags: guided-diffusion flags for `.pt` files ("--image_size 64 --num_channels 192 ..."
+            or a dict / TOML table of the same names); see geneval.models.model_flags.
         **flags: overrides of UNetConfig/ClassifierConfig/DiffusionConfig fields.
     """
     p = Path(path)
     if not p.exists():
         raise GenevalError(f"model not found: {p}")
+    if model_flags is not None and (p.is_dir() or p.suffix == ".safetensors"):
+        raise GenevalError(f"{p} carries its own config; --model-flags only apply to guided-diffusion .pt files")
     if p.is_dir():
         if (p / "model.safetensors").exists():
             doc = _read_native_doc(p / "model.safetensors")
@@ -378,7 +421,7 @@ def load_model(path: str | os.PathLike, preset: str | None = None, device: torch
             _reject_preset(preset, p)
             return _load_native(p, doc, device, flags)
         raise GenevalError(f"{p}: safetensors file without geneval config metadata (save it with geneval.models.save_native)")
-    return _load_openai(p, preset, device, flags)
+    return _load_openai(p, preset, device, flags, model_flags)
 
 
 def _reject_preset(preset: str | None, p: Path) -> None:
