@@ -49,6 +49,8 @@ AE_PRESETS: dict[str, AEConfig] = {
     "kl-f32": AEConfig(kind="kl", ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16, 8),
                        z_channels=64, embed_dim=64),
     "vq-f4": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3, n_embed=8192),
+    "vq-f4-noattn": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3,
+                             n_embed=8192, attn_type="none"),
     "vq-f8": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(32,),
                       z_channels=4, embed_dim=4, n_embed=16384),
     "vq-f16": AEConfig(kind="vq", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
@@ -137,7 +139,7 @@ def resolve_ae_config(config: str | os.PathLike | AEConfig | None) -> tuple[AECo
         (config or None, a description of where it came from).
     """
     if config is None:
-        return None, "inferred from tensor shapes"
+        return None, "inferred from tensor shapes (tanh_out cannot be seen in tensors: assumed false)"
     if isinstance(config, AEConfig):
         return config, "given"
     text = os.fspath(config)
@@ -184,12 +186,45 @@ def config_from_ldm_yaml(path: str | os.PathLike) -> AEConfig:
         target, ae_params = str(model.get("target", "")), params
     else:
         raise GenevalError(f"{path}: neither model.params.first_stage_config nor model.params.ddconfig found")
+    return first_stage_config(target, ae_params, scale, str(path))
+
+
+# First-stage (VQModel / VQModelInterface / AutoencoderKL) params that do not change inference.
+_FIRST_STAGE_INERT = ("monitor", "ckpt_path", "ignore_keys", "image_key", "lossconfig", "scheduler_config",
+                      "lr_g_factor", "batch_resize_range", "sane_index_shape", "base_learning_rate")
+# Params accepted only at the value that leaves inference unchanged.
+_FIRST_STAGE_DEFAULTS = {"colorize_nlabels": None, "remap": None, "use_ema": False}
+
+
+def first_stage_config(target: str, params: dict[str, Any], scale: Any = None, where: str = "config") -> AEConfig:
+    """AEConfig from an LDM first-stage `target` and its `params` (ddconfig, embed_dim, n_embed, ...).
+
+    Args:
+        target: the class path (``ldm.models.autoencoder.VQModelInterface``, ``...AutoencoderKL``).
+        params: its params; a key geneval does not understand is an error.
+        scale: the LDM's scale_factor, when known.
+        where: the file, for messages.
+    """
+    if not isinstance(params, dict):
+        raise GenevalError(f"{where}: first-stage params must be a mapping")
+    if target.rsplit(".", 1)[-1] not in ("VQModel", "VQModelInterface", "AutoencoderKL"):
+        raise GenevalError(f"{where}: unsupported first-stage target {target!r}; use an LDM VQModel(Interface) or AutoencoderKL")
     kind = "vq" if "VQ" in target else "kl"
-    dd = ae_params.get("ddconfig")
-    if not isinstance(dd, dict) or "embed_dim" not in ae_params:
-        raise GenevalError(f"{path}: first-stage params lack ddconfig or embed_dim")
-    return AEConfig.from_ddconfig(dd, ae_params["embed_dim"], kind=kind, n_embed=ae_params.get("n_embed"),
-                                  scale_factor=None if scale is None else float(scale))
+    known = set(_FIRST_STAGE_INERT) | set(_FIRST_STAGE_DEFAULTS) | {"ddconfig", "embed_dim"} | ({"n_embed"} if kind == "vq" else set())
+    unknown = sorted(str(k) for k in params if k not in known)
+    if unknown:
+        raise GenevalError(f"{where}: unknown first-stage param(s) {unknown} for {target}")
+    for k, ok in _FIRST_STAGE_DEFAULTS.items():
+        if params.get(k, ok) != ok:
+            raise GenevalError(f"{where}: first-stage {k}: {params[k]!r} is not supported (only {ok!r})")
+    dd = params.get("ddconfig")
+    if not isinstance(dd, dict) or "embed_dim" not in params:
+        raise GenevalError(f"{where}: first-stage params lack ddconfig or embed_dim")
+    try:
+        return AEConfig.from_ddconfig(dd, params["embed_dim"], kind=kind, n_embed=params.get("n_embed"),
+                                      scale_factor=None if scale is None else float(scale))
+    except GenevalError as e:
+        raise GenevalError(f"{where}: {e}") from None
 
 
 def infer_config(sd: dict[str, torch.Tensor], resolution: int = 256) -> AEConfig:
@@ -206,11 +241,16 @@ def infer_config(sd: dict[str, torch.Tensor], resolution: int = 256) -> AEConfig
         ch_mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // int(ch) for i in levels)
         attn = tuple(resolution // 2 ** i for i in levels if any(k.startswith(f"encoder.down.{i}.attn.") for k in sd))
         kind = "vq" if "quantize.embedding.weight" in sd else "kl"
+        # attn_type none leaves no tensors at all (attn_resolutions cannot be recovered then, nor is it needed).
+        attn_type = ("linear" if "encoder.mid.attn_1.to_qkv.weight" in sd
+                     else "vanilla" if "encoder.mid.attn_1.q.weight" in sd else "none")
+        resamp = len(levels) < 2 or "encoder.down.0.downsample.conv.weight" in sd
         return AEConfig(kind=kind, ch=int(ch), ch_mult=ch_mult, num_res_blocks=len(blocks), attn_resolutions=attn,
                         in_channels=int(in_channels), out_ch=int(sd["decoder.conv_out.weight"].shape[0]),
                         resolution=resolution, z_channels=int(sd["decoder.conv_in.weight"].shape[1]),
                         embed_dim=int(sd["post_quant_conv.weight"].shape[1]),
-                        n_embed=int(sd["quantize.embedding.weight"].shape[0]) if kind == "vq" else None)
+                        n_embed=int(sd["quantize.embedding.weight"].shape[0]) if kind == "vq" else None,
+                        attn_type=attn_type, resamp_with_conv=resamp)
     except KeyError as e:
         raise GenevalError(f"cannot infer the autoencoder shape: tensor {e} is missing; pass a config "
                            f"(--ae-config preset, LDM YAML or JSON)") from None

@@ -20,6 +20,12 @@ from torch import nn
 from geneval.errors import GenevalError
 
 KINDS = ("kl", "vq")
+ATTN_TYPES = ("vanilla", "linear", "none")
+# Every ddconfig key LDM's Encoder/Decoder read (ldm/modules/diffusionmodules/model.py). LDM
+# silently ignores any other key (**ignore_kwargs); geneval refuses it instead.
+DDCONFIG_KEYS = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
+                 "attn_resolutions", "dropout", "resamp_with_conv", "use_linear_attn", "attn_type", "tanh_out",
+                 "give_pre_end")
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,11 @@ class AEConfig:
         dropout: dropout in residual blocks (0 at inference).
         num_groups: GroupNorm groups (LDM uses 32).
         scale_factor: the latent scale an LDM uses with this autoencoder, when known.
+        attn_type: LDM's attention blocks: ``vanilla`` (single-head softmax, residual),
+            ``linear`` (LinAttnBlock: to_qkv/to_out, no norm, no residual) or ``none`` (identity).
+        tanh_out: the decoder ends with tanh.
+        resamp_with_conv: down/upsampling by strided/3x3 convolutions (False: 2x2 average
+            pooling and plain nearest upsampling, with no weights).
     """
 
     kind: str = "kl"
@@ -57,12 +68,20 @@ class AEConfig:
     dropout: float = 0.0
     num_groups: int = 32
     scale_factor: float | None = None
+    attn_type: str = "vanilla"
+    tanh_out: bool = False
+    resamp_with_conv: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         if self.kind not in KINDS:
             raise GenevalError(f"unknown autoencoder kind {self.kind!r}: use kl or vq")
+        if self.attn_type not in ATTN_TYPES:
+            raise GenevalError(f"unknown autoencoder attn_type {self.attn_type!r}; known: {', '.join(ATTN_TYPES)}")
+        for name in ("tanh_out", "resamp_with_conv"):
+            if not isinstance(getattr(self, name), bool):
+                raise GenevalError(f"autoencoder {name} must be true or false, got {getattr(self, name)!r}")
         if not self.ch_mult or self.ch < 1 or self.num_res_blocks < 1 or self.z_channels < 1 or self.embed_dim < 1:
             raise GenevalError(f"invalid autoencoder config: {self}")
         if self.kind == "vq" and not self.n_embed:
@@ -95,16 +114,23 @@ class AEConfig:
     @classmethod
     def from_ddconfig(cls, ddconfig: dict[str, Any], embed_dim: int, kind: str = "kl",
                       n_embed: int | None = None, scale_factor: float | None = None) -> AEConfig:
-        """Translate LDM's `ddconfig` (as in its YAML files) into an AEConfig.
+        """Translate LDM's `ddconfig` (as in its YAML files) into an AEConfig; an unknown key is an error.
 
         Args:
-            ddconfig: mapping with ch, ch_mult, num_res_blocks, attn_resolutions, in_channels,
-                out_ch, resolution, z_channels, double_z (KL: true), dropout.
+            ddconfig: mapping with ch, ch_mult, num_res_blocks, z_channels and optionally
+                attn_resolutions, in_channels, out_ch, resolution, double_z (KL: true), dropout,
+                attn_type, use_linear_attn, tanh_out, resamp_with_conv, give_pre_end (false only).
             embed_dim: the model's embed_dim.
             kind: ``kl`` or ``vq``.
             n_embed: VQ codebook size.
             scale_factor: LDM's latent scale factor, when known.
         """
+        if not isinstance(ddconfig, dict):
+            raise GenevalError(f"ddconfig must be a mapping, got {type(ddconfig).__name__}")
+        unknown = sorted(str(k) for k in ddconfig if k not in DDCONFIG_KEYS)
+        if unknown:
+            raise GenevalError(f"unknown ddconfig key(s) {unknown}: geneval would ignore them and decode wrongly; "
+                               f"known: {', '.join(DDCONFIG_KEYS)}")
         need = ("ch", "ch_mult", "num_res_blocks", "z_channels")
         missing = [k for k in need if k not in ddconfig]
         if missing:
@@ -112,13 +138,25 @@ class AEConfig:
         double_z = bool(ddconfig.get("double_z", kind == "kl"))
         if double_z != (kind == "kl"):
             raise GenevalError(f"ddconfig double_z={double_z} does not fit a {kind} autoencoder")
+        if ddconfig.get("give_pre_end", False):
+            raise GenevalError("ddconfig give_pre_end: true makes the decoder return features, not images; unsupported")
+        # LDM: use_linear_attn=True overrides attn_type (Encoder/Decoder.__init__).
+        attn_type = "linear" if ddconfig.get("use_linear_attn", False) else ddconfig.get("attn_type", "vanilla")
         return cls(kind=kind, ch=int(ddconfig["ch"]), ch_mult=tuple(ddconfig["ch_mult"]),
                    num_res_blocks=int(ddconfig["num_res_blocks"]),
                    attn_resolutions=tuple(ddconfig.get("attn_resolutions", ()) or ()),
                    in_channels=int(ddconfig.get("in_channels", 3)), out_ch=int(ddconfig.get("out_ch", 3)),
                    resolution=int(ddconfig.get("resolution", 256)), z_channels=int(ddconfig["z_channels"]),
                    embed_dim=int(embed_dim), n_embed=None if n_embed is None else int(n_embed),
-                   dropout=float(ddconfig.get("dropout", 0.0)), scale_factor=scale_factor)
+                   dropout=float(ddconfig.get("dropout", 0.0)), scale_factor=scale_factor, attn_type=str(attn_type),
+                   tanh_out=_flag(ddconfig, "tanh_out", False), resamp_with_conv=_flag(ddconfig, "resamp_with_conv", True))
+
+
+def _flag(d: dict[str, Any], key: str, default: bool) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise GenevalError(f"ddconfig {key} must be true or false, got {v!r}")
+    return v
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -166,26 +204,58 @@ class AttnBlock(nn.Module):
         return x + self.proj_out(out.transpose(2, 3).reshape(b, c, hh, ww))
 
 
-class Downsample(nn.Module):
-    """Stride-2 3x3 conv after padding right/bottom by one (LDM's asymmetric padding)."""
+class LinAttnBlock(nn.Module):
+    """LDM's LinAttnBlock (LinearAttention, 1 head of width C): softmax over positions of k,
+    context = k vᵀ, out = to_out(contextᵀ q). As in LDM it has no norm and no residual."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
+        self.to_qkv = nn.Conv2d(channels, channels * 3, 1, bias=False)
+        self.to_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        b, c, hh, ww = x.shape
+        q, k, v = self.to_qkv(x).reshape(b, 3, c, hh * ww).unbind(1)
+        k = k.softmax(dim=-1)
+        context = torch.bmm(k, v.transpose(1, 2))  # (b, c_k, c_v)
+        out = torch.bmm(context.transpose(1, 2), q)  # (b, c_v, hw)
+        return self.to_out(out.reshape(b, c, hh, ww))
+
+
+def make_attn(channels: int, cfg: AEConfig) -> nn.Module:
+    """LDM's make_attn: the block for cfg.attn_type (``none`` is an identity with no weights)."""
+    if cfg.attn_type == "vanilla":
+        return AttnBlock(channels, cfg.num_groups)
+    if cfg.attn_type == "linear":
+        return LinAttnBlock(channels)
+    return nn.Identity()
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv after padding right/bottom by one (LDM's asymmetric padding), or 2x2 average pooling."""
+
+    def __init__(self, channels: int, with_conv: bool = True):
+        super().__init__()
+        if with_conv:
+            self.conv = nn.Conv2d(channels, channels, 3, 2, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "conv"):
+            return self.conv(F.pad(x, (0, 1, 0, 1)))
+        return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then a 3x3 conv."""
+    """Nearest-neighbour x2, then a 3x3 conv when `with_conv`."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, with_conv: bool = True):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+        if with_conv:
+            self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x) if hasattr(self, "conv") else x
 
 
 class Encoder(nn.Module):
@@ -208,9 +278,9 @@ class Encoder(nn.Module):
                 level.block.append(ResnetBlock(block_in, cfg.ch * mult, cfg.dropout, g))
                 block_in = cfg.ch * mult
                 if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in, g))
+                    level.attn.append(make_attn(block_in, cfg))
             if i != len(cfg.ch_mult) - 1:
-                level.downsample = Downsample(block_in)
+                level.downsample = Downsample(block_in, cfg.resamp_with_conv)
                 res //= 2
             self.down.append(level)
         self.mid = _mid(block_in, cfg)
@@ -251,14 +321,15 @@ class Decoder(nn.Module):
                 level.block.append(ResnetBlock(block_in, cfg.ch * cfg.ch_mult[i], cfg.dropout, g))
                 block_in = cfg.ch * cfg.ch_mult[i]
                 if res in cfg.attn_resolutions:
-                    level.attn.append(AttnBlock(block_in, g))
+                    level.attn.append(make_attn(block_in, cfg))
             if i != 0:
-                level.upsample = Upsample(block_in)
+                level.upsample = Upsample(block_in, cfg.resamp_with_conv)
                 res *= 2
             levels.insert(0, level)  # keep LDM's indexing: up.0 is the full-resolution level
         self.up = nn.ModuleList(levels)
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, 1, 1)
+        self.tanh_out = cfg.tanh_out
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = _run_mid(self.mid, self.conv_in(z))
@@ -269,13 +340,14 @@ class Decoder(nn.Module):
                     h = level.attn[j](h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return torch.tanh(h) if self.tanh_out else h
 
 
 def _mid(channels: int, cfg: AEConfig) -> nn.Module:
     mid = nn.Module()
     mid.block_1 = ResnetBlock(channels, channels, cfg.dropout, cfg.num_groups)
-    mid.attn_1 = AttnBlock(channels, cfg.num_groups)
+    mid.attn_1 = make_attn(channels, cfg)
     mid.block_2 = ResnetBlock(channels, channels, cfg.dropout, cfg.num_groups)
     return mid
 
