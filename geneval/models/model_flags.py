@@ -117,9 +117,7 @@ _SAMPLING_ONLY = {
     "base_samples": "--model/--upsampler",
 }
 _CLASSIFIER_ONLY = frozenset(_CLASSIFIER_DEFAULTS)
-_UNET_ONLY = frozenset(
-    set(_MODEL_DEFAULTS) - {"image_size"} | set(_DIFFUSION_DEFAULTS) | set(_SR_DEFAULTS)
-)
+_UNET_ONLY = frozenset(set(_MODEL_DEFAULTS) - {"image_size"} | set(_DIFFUSION_DEFAULTS) | set(_SR_DEFAULTS))
 
 # Which config fields each flag determines ("d." = DiffusionConfig): what a known release is checked on.
 _TARGETS: dict[str, tuple[str, ...]] = {
@@ -198,17 +196,13 @@ def _field(config: Any, diffusion: DiffusionConfig | None, target: str) -> Any:
     return getattr(config, target)
 
 
-def flag_conflicts(
-    parsed: ParsedFlags, config: Any, diffusion: DiffusionConfig | None
-) -> list[str]:
+def flag_conflicts(parsed: ParsedFlags, config: Any, diffusion: DiffusionConfig | None) -> list[str]:
     """'field: flags X, expected Y' for every field the given flags set differently from config/diffusion."""
     out = []
     for target, value in parsed.determined_fields().items():
         want = _field(config, diffusion, target)
         if value != want:
-            out.append(
-                f"{target.removeprefix('d.')}: flags give {value!r}, the release has {want!r}"
-            )
+            out.append(f"{target.removeprefix('d.')}: flags give {value!r}, the release has {want!r}")
     return out
 
 
@@ -220,9 +214,7 @@ def _str2bool(name: str, v: Any) -> bool:
         return True
     if s in ("no", "false", "f", "n", "0"):
         return False
-    raise GenevalError(
-        f"model flag --{name}: expected a boolean (True/False), got {v!r}"
-    )
+    raise GenevalError(f"model flag --{name}: expected a boolean (True/False), got {v!r}")
 
 
 def _typed(name: str, v: Any) -> Any:
@@ -237,9 +229,7 @@ def _typed(name: str, v: Any) -> Any:
         if isinstance(default, float):
             return float(v)
     except (TypeError, ValueError):
-        raise GenevalError(
-            f"model flag --{name}: expected a {type(default).__name__}, got {v!r}"
-        ) from None
+        raise GenevalError(f"model flag --{name}: expected a {type(default).__name__}, got {v!r}") from None
     if isinstance(v, (list, tuple)):  # TOML arrays for comma lists
         return ",".join(str(x) for x in v)
     return str(v)
@@ -253,9 +243,7 @@ def split_flag_string(text: str) -> dict[str, str]:
     while i < len(tokens):
         tok = tokens[i]
         if not tok.startswith("--") or len(tok) == 2:
-            raise GenevalError(
-                f"model flags: expected --name value, got {tok!r} in {text!r}"
-            )
+            raise GenevalError(f"model flags: expected --name value, got {tok!r} in {text!r}")
         name = tok[2:]
         if "=" in name:
             name, value = name.split("=", 1)
@@ -273,24 +261,18 @@ def _ints(name: str, text: str) -> tuple[int, ...]:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise GenevalError(
-            f"model flag --{name}: expected comma-separated integers, got {text!r}"
-        ) from None
+        raise GenevalError(f"model flag --{name}: expected comma-separated integers, got {text!r}") from None
 
 
 def _mults(text: str) -> tuple[float, ...]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise GenevalError(
-            f"model flag --channel_mult: expected comma-separated numbers, got {text!r}"
-        ) from None
+        raise GenevalError(f"model flag --channel_mult: expected comma-separated numbers, got {text!r}") from None
     return tuple(int(v) if v.is_integer() else v for v in vals)
 
 
-def parse_model_flags(
-    flags: str | Mapping[str, Any], kind: str = "unet"
-) -> ParsedFlags:
+def parse_model_flags(flags: str | Mapping[str, Any], kind: str = "unet") -> ParsedFlags:
     """Build configs from guided-diffusion/improved-diffusion flags.
 
     Args:
@@ -303,19 +285,13 @@ def parse_model_flags(
     raw = split_flag_string(flags) if isinstance(flags, str) else dict(flags)
     for name in raw:
         if name in _SAMPLING_ONLY:
-            raise GenevalError(
-                f"model flag --{name} is a sampling option, not part of the model; use geneval's {_SAMPLING_ONLY[name]}"
-            )
+            raise GenevalError(f"model flag --{name} is a sampling option, not part of the model; use geneval's {_SAMPLING_ONLY[name]}")
         if name not in _ALL:
-            raise GenevalError(
-                f"unknown model flag --{name}; known: {', '.join(sorted(_ALL))}"
-            )
+            raise GenevalError(f"unknown model flag --{name}; known: {', '.join(sorted(_ALL))}")
     given = {k: _typed(k, v) for k, v in raw.items()}
     family = given.get("defaults", "guided-diffusion")
     if family not in FAMILIES:
-        raise GenevalError(
-            f"model flag --defaults must be one of {', '.join(FAMILIES)}, got {family!r}"
-        )
+        raise GenevalError(f"model flag --defaults must be one of {', '.join(FAMILIES)}, got {family!r}")
     v = {
         **_ALL,
         **(_IDDPM_OVERRIDES if family == "improved-diffusion" else {}),
@@ -327,37 +303,28 @@ def parse_model_flags(
         ignored = tuple(k for k in given if k in _UNET_ONLY)
         return ParsedFlags("classifier", _classifier_config(v), None, given, ignored)
     ignored = tuple(k for k in given if k in _CLASSIFIER_ONLY)
-    return ParsedFlags(
-        "unet", _unet_config(v, given), _diffusion_config(v), given, ignored
-    )
+    return ParsedFlags("unet", _unet_config(v, given), _diffusion_config(v), given, ignored)
 
 
 def _unet_config(v: dict[str, Any], given: dict[str, Any]) -> UNetConfig:
     super_res = "large_size" in given or "small_size" in given
     if super_res and "image_size" in given:
-        raise GenevalError(
-            "model flags: a super-resolution model takes --large_size/--small_size, not --image_size"
-        )
+        raise GenevalError("model flags: a super-resolution model takes --large_size/--small_size, not --image_size")
     size = v["large_size"] if super_res else v["image_size"]
     if v["channel_mult"]:
         mult = _mults(v["channel_mult"])
     else:
         try:
-            mult = (
-                default_super_res_channel_mult(size)
-                if super_res
-                else default_channel_mult(size)
-            )
+            mult = default_super_res_channel_mult(size) if super_res else default_channel_mult(size)
         except ValueError as e:
             raise GenevalError(f"model flags: {e}") from None
     attn = _ints("attention_resolutions", v["attention_resolutions"])
     if v["num_head_channels"] != -1:
-        ch = [int(m * v["num_channels"]) for m in mult]
-        bad = sorted({c for c in ch if c % v["num_head_channels"]})
+        # attention levels and the middle block (which always has attention)
+        ch = {int(m * v["num_channels"]) for lvl, m in enumerate(mult) if size // 2**lvl in attn} | {int(mult[-1] * v["num_channels"])}
+        bad = sorted(c for c in ch if c % v["num_head_channels"])
         if bad:
-            raise GenevalError(
-                f"model flags: widths {bad} are not divisible by --num_head_channels {v['num_head_channels']}"
-            )
+            raise GenevalError(f"model flags: widths {bad} are not divisible by --num_head_channels {v['num_head_channels']}")
     return UNetConfig(
         image_size=size,
         in_channels=3,
@@ -380,14 +347,8 @@ def _unet_config(v: dict[str, Any], given: dict[str, Any]) -> UNetConfig:
 
 def _diffusion_config(v: dict[str, Any]) -> DiffusionConfig:
     if v["noise_schedule"] not in ("linear", "cosine"):
-        raise GenevalError(
-            f"model flag --noise_schedule: guided-diffusion knows linear and cosine, got {v['noise_schedule']!r}"
-        )
-    variance = (
-        "learned_range"
-        if v["learn_sigma"]
-        else ("fixed_small" if v["sigma_small"] else "fixed_large")
-    )
+        raise GenevalError(f"model flag --noise_schedule: guided-diffusion knows linear and cosine, got {v['noise_schedule']!r}")
+    variance = "learned_range" if v["learn_sigma"] else ("fixed_small" if v["sigma_small"] else "fixed_large")
     return DiffusionConfig(
         num_timesteps=v["diffusion_steps"],
         beta_schedule=v["noise_schedule"],
@@ -399,9 +360,14 @@ def _diffusion_config(v: dict[str, Any]) -> DiffusionConfig:
 
 def _classifier_config(v: dict[str, Any]) -> ClassifierConfig:
     if v["image_size"] not in (64, 128, 256, 512):  # create_classifier's table
-        raise GenevalError(
-            f"model flags: guided-diffusion classifiers exist for image sizes 64, 128, 256, 512, not {v['image_size']}"
-        )
+        raise GenevalError(f"model flags: guided-diffusion classifiers exist for image sizes 64, 128, 256, 512, not {v['image_size']}")
+    mult = default_channel_mult(v["image_size"])
+    attn_px = _ints("classifier_attention_resolutions", v["classifier_attention_resolutions"])
+    widths = {int(m * v["classifier_width"]) for lvl, m in enumerate(mult) if v["image_size"] // 2**lvl in attn_px}
+    widths.add(int(mult[-1] * v["classifier_width"]))  # the middle block and the attention pool
+    bad = sorted(w for w in widths if w % 64)
+    if bad:
+        raise GenevalError(f"model flags: widths {bad} are not divisible by the classifier's 64 head channels")
     try:
         return ClassifierConfig(
             image_size=v["image_size"],

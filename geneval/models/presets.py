@@ -137,10 +137,7 @@ _GD_LSUN = (
 )
 _ID = "--defaults improved-diffusion "  # geneval's name for "improved-diffusion's defaults" (rescale_timesteps True)
 _ID_IN64 = "--image_size 64 --num_channels 128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 --noise_schedule cosine"
-_ID_C10 = (
-    "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 "
-    "--noise_schedule cosine"
-)
+_ID_C10 = "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma True --dropout 0.3 --diffusion_steps 4000 --noise_schedule cosine"
 _ID_LSUN = (
     "--image_size 256 --num_channels 128 --num_res_blocks 2 --num_heads 1 --learn_sigma True --use_scale_shift_norm False "
     "--attention_resolutions 16 --diffusion_steps 1000 --noise_schedule linear --rescale_learned_sigmas False "
@@ -152,9 +149,7 @@ _ID_LSUN = (
 # 2,211,383,297 bytes, and its 552,814,086 parameters); lsun_uncond_100M_1200K_bs128.pt as checked by one
 # Disco Diffusion fork's hash-verifying downloader.
 _SHA_256_UNCOND = "a37c32fffd316cd494cf3f35b339936debdc1576dad13fe57c42399a5dbc78b1"
-_SHA_IDDPM_LSUN_1200K = (
-    "38e66420ba5c703df8ce78750721976e13442064b5df847b82f05ebc65120534"
-)
+_SHA_IDDPM_LSUN_1200K = "38e66420ba5c703df8ce78750721976e13442064b5df847b82f05ebc65120534"
 
 _PRESET_LIST: tuple[Preset, ...] = (
     # ---- guided-diffusion (ADM), ImageNet
@@ -269,8 +264,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
     ),
     _make(
         "iddpm-imagenet64-cond",
-        _ID
-        + "--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True "
+        _ID + "--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True "
         "--class_cond True --diffusion_steps 4000 --noise_schedule cosine --rescale_learned_sigmas False --rescale_timesteps False",
         "IDDPM ImageNet 64x64 class-conditional, cosine, 4000 steps",
         273_049_350,
@@ -295,8 +289,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
     ),
     _make(
         "iddpm-upsampler-64-256",
-        _ID
-        + "--num_channels 192 --num_res_blocks 2 --learn_sigma True --class_cond True "
+        _ID + "--num_channels 192 --num_res_blocks 2 --learn_sigma True --class_cond True "
         "--diffusion_steps 4000 --noise_schedule linear --rescale_learned_sigmas False --rescale_timesteps False "
         "--large_size 256 --small_size 64",
         "IDDPM 64->256 super-resolution (class-conditional), linear, 4000 steps",
@@ -331,9 +324,7 @@ _BY_SHA: dict[str, Preset] = {p.sha256: p for p in _PRESET_LIST if p.sha256}
 def get_preset(name: str) -> Preset:
     """Look up a preset, or raise a GenevalError listing the known ones."""
     if name not in PRESETS:
-        raise GenevalError(
-            f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}"
-        )
+        raise GenevalError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]
 
 
