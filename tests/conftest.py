@@ -8,6 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is in the [test] extra; without it only the fuzz tests fail
+    settings = None
+if settings is not None:
+    # Fuzz budgets: "ci" (default) is bounded and deterministic (the same examples each run, so CI
+    # cannot flake); `pytest --hypothesis-profile=long` explores far more, randomly, with a database.
+    _fuzz_checks = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+    settings.register_profile(
+        "ci", max_examples=200, deadline=None, derandomize=True, database=None, print_blob=True, suppress_health_check=_fuzz_checks
+    )
+    settings.register_profile("long", max_examples=5000, deadline=None, print_blob=True, suppress_health_check=_fuzz_checks)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")

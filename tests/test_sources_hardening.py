@@ -37,9 +37,7 @@ def _drain(src, batch_size: int = 4) -> int:
 def test_symlink_loop_counts_each_file_once(tmp_path):
     for i in range(4):
         _png(tmp_path / f"{i}.png", i)
-    (tmp_path / "loop").symlink_to(
-        "."
-    )  # issue 16: this made 4 files count as 164 images
+    (tmp_path / "loop").symlink_to(".")  # issue 16: this made 4 files count as 164 images
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "up").symlink_to("..")
     src = open_source(tmp_path)
@@ -66,9 +64,7 @@ def test_links_to_outside_folders_are_followed_once(tmp_path):
 
 def test_real_path_wins_over_a_link_to_it(tmp_path):
     _png(tmp_path / "z_real" / "x.png")
-    (tmp_path / "a_link").symlink_to(
-        "z_real"
-    )  # sorts first, but is followed after the real tree
+    (tmp_path / "a_link").symlink_to("z_real")  # sorts first, but is followed after the real tree
     src = open_source(tmp_path)
     assert src.names == ["z_real/x.png"] and src.links_skipped == 1
 
@@ -103,10 +99,7 @@ def test_fifo_named_png_is_rejected_not_waited_on(tmp_path):
     src = open_source(tmp_path)
     assert _drain(src) == 1
     reasons = dict(src.report.rejected)
-    assert (
-        "not a regular file" in reasons["pipe.png"]
-        and "not a regular file" in reasons["lpipe.png"]
-    )
+    assert "not a regular file" in reasons["pipe.png"] and "not a regular file" in reasons["lpipe.png"]
 
 
 def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
@@ -122,17 +115,13 @@ def test_unreadable_subfolder_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(images_mod.os, "scandir", scandir)
     src = open_source(tmp_path)
     assert _drain(src) == 1
-    assert (
-        dict(src.report.rejected)["locked"] == "cannot list folder: Permission denied"
-    )
+    assert dict(src.report.rejected)["locked"] == "cannot list folder: Permission denied"
 
 
 def test_read_report_round_trips_links_skipped():
     rep = ReadReport(read=3, rejected=[("a.png", "bad")], ignored=1, links_skipped=2)
     assert ReadReport.from_dict(rep.to_dict()) == rep
-    assert (
-        ReadReport.from_dict({"read": 1}).links_skipped == 0
-    )  # reports cached before the field
+    assert ReadReport.from_dict({"read": 1}).links_skipped == 0  # reports cached before the field
 
 
 # -- non-finite / out-of-range float pixels --------------------------------------------------
@@ -156,9 +145,7 @@ def test_late_nan_in_npy_fails_before_the_first_batch(tmp_path, monkeypatch):
     assert src.report.read == 0
 
 
-@pytest.mark.parametrize(
-    "bad, kind", [(np.inf, "inf"), (-np.inf, "-inf"), (np.nan, "NaN")]
-)
+@pytest.mark.parametrize("bad, kind", [(np.inf, "inf"), (-np.inf, "-inf"), (np.nan, "NaN")])
 def test_in_memory_arrays_and_tensors_name_the_image(bad, kind):
     x = _floats(50, bad_index=37, bad=bad)
     for spec in (x, torch.from_numpy(x).permute(0, 3, 1, 2)):
@@ -182,9 +169,7 @@ def test_out_of_range_names_the_image(tmp_path):
 def test_stored_npz_float_is_scanned_up_front(tmp_path):
     np.savez(tmp_path / "s.npz", arr_0=_floats(bad_index=398))
     it = open_source(tmp_path / "s.npz", float_range="-1,1").batches(8)
-    with pytest.raises(
-        GenevalError, match=r"arr_0: image 398 \(0-based\) holds non-finite"
-    ):
+    with pytest.raises(GenevalError, match=r"arr_0: image 398 \(0-based\) holds non-finite"):
         next(it)
 
 
@@ -195,9 +180,7 @@ def test_compressed_npz_float_is_checked_per_batch_with_global_index(tmp_path):
     with pytest.raises(GenevalError, match=r"image 13 \(0-based\)"):
         for b, _ in src.batches(4):
             got += len(b)
-    assert (
-        got == 12
-    )  # batches 0..2 passed; the one holding image 13 failed before it was yielded
+    assert got == 12  # batches 0..2 passed; the one holding image 13 failed before it was yielded
 
 
 def test_fortran_npz_float_is_scanned(tmp_path):
@@ -223,12 +206,8 @@ def test_scan_is_chunked_over_a_memmap(tmp_path):
 def test_clean_float_arrays_stream_unchanged(tmp_path):
     x = _floats(9)
     np.save(tmp_path / "x.npy", x)
-    got = np.concatenate(
-        [b for b, _ in open_source(tmp_path / "x.npy", float_range="-1,1").batches(4)]
-    )
-    np.testing.assert_array_equal(
-        got, np.clip((x.astype(np.float64) + 1) * 127.5, 0, 255).astype(np.uint8)
-    )
+    got = np.concatenate([b for b, _ in open_source(tmp_path / "x.npy", float_range="-1,1").batches(4)])
+    np.testing.assert_array_equal(got, np.clip((x.astype(np.float64) + 1) * 127.5, 0, 255).astype(np.uint8))
 
 
 # -- rejection reasons name files, never Python objects --------------------------------------
@@ -245,17 +224,13 @@ def test_unidentified_image_reason_has_no_object_repr(tmp_path):
         src = open_source(spec)
         assert _drain(src) == 1
         reason = dict(src.report.rejected)[item]
-        assert (
-            "object at 0x" not in reason and "not a recognised image format" in reason
-        )
+        assert "object at 0x" not in reason and "not a recognised image format" in reason
         assert f"{item}: not a recognised image format" in src.report.summary()
 
 
 def test_report_strips_object_reprs_from_any_reason():
     rep = ReadReport()
-    rep.reject(
-        "m.png", "cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>"
-    )
+    rep.reject("m.png", "cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>")
     assert rep.rejected == [("m.png", "cannot identify image file the file")]
 
 
@@ -275,22 +250,15 @@ def _png_bytes() -> bytes:
 
 
 def test_unsupported_and_encrypted_members_are_rejected(tmp_path):
-    p = _zip_with(
-        tmp_path, {"a.png": _png_bytes(), "b.png": _png_bytes(), "c.png": _png_bytes()}
-    )
+    p = _zip_with(tmp_path, {"a.png": _png_bytes(), "b.png": _png_bytes(), "c.png": _png_bytes()})
     data = bytearray(p.read_bytes())
     zf = zipfile.ZipFile(io.BytesIO(bytes(data)))
     infos = {i.filename: i for i in zf.infolist()}
-    cd = data.index(
-        b"PK\x01\x02"
-    )  # central directory: flags at +8, method at +10 per entry
+    cd = data.index(b"PK\x01\x02")  # central directory: flags at +8, method at +10 per entry
     entries = [cd]
     while (nxt := data.find(b"PK\x01\x02", entries[-1] + 4)) != -1:
         entries.append(nxt)
-    by_name = {
-        bytes(data[e + 46 : e + 46 + len(n)]).decode(): e
-        for e, n in zip(entries, infos)
-    }
+    by_name = {bytes(data[e + 46 : e + 46 + len(n)]).decode(): e for e, n in zip(entries, infos)}
     data[by_name["b.png"] + 10] = 99  # compression method 99: not supported
     data[infos["b.png"].header_offset + 8] = 99
     data[by_name["c.png"] + 8] |= 1  # encrypted flag
@@ -335,9 +303,7 @@ def test_lying_npz_header_fails_at_open(tmp_path):
     np.savez(tmp_path / "a.npz", arr_0=np.zeros((40, 8, 8, 3), np.uint8))
     data = (tmp_path / "a.npz").read_bytes().replace(b"(40, 8, 8, 3)", b"(90, 8, 8, 3)")
     (tmp_path / "b.npz").write_bytes(data)
-    with pytest.raises(
-        GenevalError, match=r"arr_0 is truncated: its header declares \(90, 8, 8, 3\)"
-    ):
+    with pytest.raises(GenevalError, match=r"arr_0 is truncated: its header declares \(90, 8, 8, 3\)"):
         open_source(tmp_path / "b.npz")
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Sequence
 from geneval.errors import GenevalError
 from geneval.results import ResultRow, ResultSet, read_results
 
+# More seed repeats than anyone runs: a larger count in a file is damage, not data.
+_MAX_REPEATS = 1_000_000
 # Fields that must agree for two values of one metric to be comparable.
 COMPARABLE_FIELDS: tuple[str, ...] = ("n", "mode", "features", "weights_sha256", "ref_sha256")
 
@@ -33,6 +35,7 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[ResultSet]:
         rs = read_results(path)
         if not rs.rows:
             raise GenevalError(f"{path}: holds no result rows")
+        check_names(rs, str(path))
         for run_id, run in rs.by_run().items():
             if run_id in seen:
                 raise GenevalError(f"run {run_id!r} appears in both {seen[run_id]} and {path}")
@@ -43,6 +46,21 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[ResultSet]:
                 raise GenevalError(f"{path}: run {run_id!r} has several rows for {', '.join(dup)}")
             runs.append(run)
     return runs
+
+
+def check_names(rs: ResultSet, where: str) -> None:
+    """Refuse run ids and metric names with control characters (newline, tab, …).
+
+    They end up in one-line error messages and in table cells, which they would break.
+
+    Args:
+        rs: rows read from a file.
+        where: the file, for the message.
+    """
+    for r in rs.rows:
+        for name, v in (("run_id", r.run_id), ("metric", r.metric)):
+            if not v.isprintable():
+                raise GenevalError(f"{where}: {name} {v!r} holds a control character (newline, tab, …)")
 
 
 def metric_order(runs: Iterable[ResultSet]) -> list[str]:
@@ -151,8 +169,11 @@ def _repeats(row: ResultRow, method: str) -> int:
     if k is None:
         tail = method.rsplit("-", 1)[-1]
         k = int(tail) if tail.isdigit() else None
-    if not isinstance(k, int) or k < 2:
-        raise GenevalError(f"{row.run_id}/{row.metric}: std_method {method!r} without a repeat count ≥ 2")
+    # A bool is an int to Python; an absurd count would overflow the sqrt.
+    if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= _MAX_REPEATS:
+        raise GenevalError(
+            f"{row.run_id}/{row.metric}: std_method {method!r} without a repeat count between 2 and {_MAX_REPEATS}"
+        )
     return k
 
 

@@ -18,6 +18,7 @@ from typing import Sequence
 from geneval.errors import GenevalError
 from geneval.report.compare import (
     COMPARABLE_FIELDS,
+    check_names,
     classify,
     combined_sigma,
     higher_is_better,
@@ -202,6 +203,8 @@ def run_gate(
     if not math.isfinite(z) or z < 0:
         raise GenevalError(f"z must be a finite number ≥ 0, got {z}")
     tolerances = dict(tolerances or {})
+    check_names(results, results_label)
+    check_names(baseline, baseline_label)
     res = combine_runs(list(results.by_run().values())) if len(results.run_ids()) > 1 else results
     base = combine_runs(list(baseline.by_run().values())) if len(baseline.run_ids()) > 1 else baseline
     if not base.rows:

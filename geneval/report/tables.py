@@ -118,10 +118,20 @@ def fmt_cell(row: ResultRow | None) -> str:
         return "—"
     if row.std is not None and math.isfinite(row.std):
         return f"{fmt_number(row.value, row.std)} ± {fmt_number(row.std, row.std)}"
-    lo, hi = row.extra.get("ci_low"), row.extra.get("ci_high")
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+    lo, hi = _number(row.extra.get("ci_low")), _number(row.extra.get("ci_high"))
+    if lo is not None and hi is not None:
         return f"{fmt_number(row.value)} [{fmt_number(lo)}, {fmt_number(hi)}]"
     return fmt_number(row.value)
+
+
+def _number(x: Any) -> float | None:
+    """A JSON number as a float; None for anything else (bools, text, ints too large for a float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        return float(x)
+    except OverflowError:
+        return None
 
 
 def fmt_field(name: str, v: Any) -> str:
@@ -228,7 +238,7 @@ def to_markdown(cmp: Comparison, title: str = "geneval report") -> str:
             ", ".join(methods)]) + " |")
     if cmp.flags:
         lines += ["", f"{FLAG} **Not comparable** (shown because of --allow-incomparable; no best marked):", ""]
-        for m, diffs in cmp.flags.items():
+        for diffs in cmp.flags.values():
             lines.append(f"- {FLAG} " + "; ".join(d.describe() for d in diffs))
     warnings = [(r.run_id, r.metric, w) for r in cmp.cells.values() for w in (r.extra.get("warnings") or [])]
     if warnings:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.base import Batch, Source, hash_array, hash_file
+from geneval.sources.base import NPY_ERRORS, Batch, Source, hash_array, hash_file
 
 LAYOUTS = ("auto", "nhwc", "nchw", "nhw")
 FLOAT_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
@@ -35,9 +35,7 @@ def infer_layout(shape: tuple[int, ...], where: str, layout: str = "auto") -> st
         layout: "auto" or a forced layout.
     """
     if layout not in LAYOUTS:
-        raise GenevalError(
-            f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}"
-        )
+        raise GenevalError(f"unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}")
     ndim = len(shape)
     if layout == "auto":
         if ndim == 3:
@@ -48,24 +46,17 @@ def infer_layout(shape: tuple[int, ...], where: str, layout: str = "auto") -> st
             layout = "nchw"
         else:
             raise GenevalError(
-                f"{where}: wrong image array shape {tuple(shape)}: expected N x H x W x C or "
-                "N x C x H x W with C in 1, 3, 4, or N x H x W"
+                f"{where}: wrong image array shape {tuple(shape)}: expected N x H x W x C or N x C x H x W with C in 1, 3, 4, or N x H x W"
             )
     expected_ndim = 3 if layout == "nhw" else 4
     if ndim != expected_ndim:
-        raise GenevalError(
-            f"{where}: shape {tuple(shape)} does not fit layout {layout}"
-        )
+        raise GenevalError(f"{where}: shape {tuple(shape)} does not fit layout {layout}")
     c = {"nhwc": shape[-1], "nchw": shape[1] if ndim == 4 else 1, "nhw": 1}[layout]
     if c not in (1, 3, 4):
-        raise GenevalError(
-            f"{where}: {c} channels in shape {tuple(shape)}: expected 1, 3 or 4"
-        )
+        raise GenevalError(f"{where}: {c} channels in shape {tuple(shape)}: expected 1, 3 or 4")
     hw = shape[1:3] if layout in ("nhwc", "nhw") else shape[2:4]
     if min(hw) < 1:
-        raise GenevalError(
-            f"{where}: empty image size {tuple(hw)} in shape {tuple(shape)}"
-        )
+        raise GenevalError(f"{where}: empty image size {tuple(hw)} in shape {tuple(shape)}")
     return layout
 
 
@@ -77,17 +68,12 @@ def check_dtype(dtype: np.dtype, where: str, float_range: str | None) -> None:
     if dtype.kind == "f":
         if float_range is None:
             raise GenevalError(
-                f"{where}: float pixels ({dtype}) need a stated range: pass float_range='0,1' or '-1,1' "
-                "(CLI --float-range), or save uint8 images"
+                f"{where}: float pixels ({dtype}) need a stated range: pass float_range='0,1' or '-1,1' (CLI --float-range), or save uint8 images"
             )
         if float_range not in FLOAT_RANGES:
-            raise GenevalError(
-                f"unknown float range {float_range!r}: use '0,1' or '-1,1'"
-            )
+            raise GenevalError(f"unknown float range {float_range!r}: use '0,1' or '-1,1'")
         return
-    raise GenevalError(
-        f"{where}: pixel dtype {dtype} is not supported: expected uint8 (or float with a stated range)"
-    )
+    raise GenevalError(f"{where}: pixel dtype {dtype} is not supported: expected uint8 (or float with a stated range)")
 
 
 # Bytes of pixels per chunk when scanning values up front: bounded memory even for huge mmaps.
@@ -121,12 +107,7 @@ def scan_values(
         chunk = arr[i : i + step]
         # min/max propagate NaN and expose inf: two reductions, no temporary of the chunk's size.
         cmin, cmax = float(chunk.min()), float(chunk.max())
-        if (
-            np.isfinite(cmin)
-            and np.isfinite(cmax)
-            and cmin >= lo - _RANGE_TOL
-            and cmax <= hi + _RANGE_TOL
-        ):
+        if np.isfinite(cmin) and np.isfinite(cmax) and cmin >= lo - _RANGE_TOL and cmax <= hi + _RANGE_TOL:
             continue
         for j in range(len(chunk)):
             img = np.asarray(chunk[j], dtype=np.float64)
@@ -143,8 +124,7 @@ def scan_values(
                     if m.any()
                 )
                 raise GenevalError(
-                    f"{where}: image {start + i + j} (0-based) holds non-finite pixel values ({kinds}); "
-                    "fix or drop it before evaluating"
+                    f"{where}: image {start + i + j} (0-based) holds non-finite pixel values ({kinds}); fix or drop it before evaluating"
                 )
             if img.min() < lo - _RANGE_TOL or img.max() > hi + _RANGE_TOL:
                 raise GenevalError(
@@ -153,9 +133,7 @@ def scan_values(
                 )
 
 
-def to_uint8_nhwc(
-    batch: np.ndarray, layout: str, where: str, float_range: str | None, start: int = 0
-) -> np.ndarray:
+def to_uint8_nhwc(batch: np.ndarray, layout: str, where: str, float_range: str | None, start: int = 0) -> np.ndarray:
     """Convert one batch of a validated layout/dtype to contiguous uint8 NHWC.
 
     Args:
@@ -213,15 +191,9 @@ class ArraySource(Source):
         self.layout = infer_layout(arr.shape, where, layout)
         check_dtype(arr.dtype, where, float_range)
         self.array = arr
-        self.labels = (
-            None
-            if labels is None
-            else np.asarray(_as_numpy(labels)).astype(np.int64).reshape(-1)
-        )
+        self.labels = None if labels is None else np.asarray(_as_numpy(labels)).astype(np.int64).reshape(-1)
         if self.labels is not None and len(self.labels) != len(arr):
-            raise GenevalError(
-                f"{where}: {len(self.labels)} labels for {len(arr)} images"
-            )
+            raise GenevalError(f"{where}: {len(self.labels)} labels for {len(arr)} images")
         self.float_range = float_range
         self.quantisation = quantisation_note(arr.dtype, float_range)
 
@@ -255,15 +227,11 @@ class NpySource(ArraySource):
 
     kind = "npy"
 
-    def __init__(
-        self, path: Path, *, layout: str = "auto", float_range: str | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, layout: str = "auto", float_range: str | None = None) -> None:
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise GenevalError(
-                f"{path}: unreadable or truncated .npy file ({_one_line(e)})"
-            ) from None
+        except NPY_ERRORS as e:
+            raise GenevalError(f"{path}: unreadable or truncated .npy file ({_one_line(e)})") from None
         if not isinstance(arr, np.ndarray):
             raise GenevalError(f"{path}: not a plain array")
         super().__init__(arr, spec=str(path), layout=layout, float_range=float_range)

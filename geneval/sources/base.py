@@ -13,6 +13,7 @@ import hashlib
 import lzma
 import re
 import struct
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
     lzma.LZMAError,
     struct.error,
 )
+# What parsing a damaged .npy header can raise (numpy tokenizes the header dict).
+NPY_ERRORS: tuple[type[BaseException], ...] = (*ZIP_ERRORS, tokenize.TokenError, SyntaxError)
 # A library's repr of a file object ("<_io.BytesIO object at 0x7f...>") says nothing to a user.
 _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
@@ -69,23 +72,15 @@ class ReadReport:
         text = f"read {self.read} {what}"
         notes = []
         if self.rejected:
-            reasons = "; ".join(
-                f"{item}: {why}" for item, why in self.rejected[:max_reasons]
-            )
-            more = (
-                f"; +{self.n_rejected - max_reasons} more"
-                if self.n_rejected > max_reasons
-                else ""
-            )
+            reasons = "; ".join(f"{item}: {why}" for item, why in self.rejected[:max_reasons])
+            more = f"; +{self.n_rejected - max_reasons} more" if self.n_rejected > max_reasons else ""
             notes.append(f"{self.n_rejected} rejected: {reasons}{more}")
         else:
             notes.append("0 rejected")
         if self.ignored:
             notes.append(f"{self.ignored} non-image files ignored")
         if self.links_skipped:
-            notes.append(
-                f"{self.links_skipped} symlinks skipped (folder or file already counted)"
-            )
+            notes.append(f"{self.links_skipped} symlinks skipped (folder or file already counted)")
         return f"{text} ({', '.join(notes)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,6 +160,7 @@ class Source(abc.ABC):
 
     def _check_values(self) -> None:
         """Subclasses with float pixels scan them here (default: nothing to check)."""
+        return None
 
     @abc.abstractmethod
     def _batches(self, batch_size: int) -> Iterator[Batch]: ...

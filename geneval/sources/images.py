@@ -59,9 +59,7 @@ def decode_image(data: bytes) -> np.ndarray:
                 im.load()  # full decode here: truncated files fail now, not later
                 mode = im.mode
                 if mode in _REJECT_MODES:
-                    raise _Unsupported(
-                        f"{mode} pixels (16-bit or float) are not supported: save 8-bit images"
-                    )
+                    raise _Unsupported(f"{mode} pixels (16-bit or float) are not supported: save 8-bit images")
                 if mode == "L":
                     arr = np.asarray(im)
                 elif mode in _TO_L:
@@ -76,9 +74,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ValueError(str(e)) from None
     except Image.UnidentifiedImageError:
         # Pillow's message names the BytesIO object it was given; the caller names the file.
-        raise ValueError(
-            "not a recognised image format (cannot identify the file)"
-        ) from None
+        raise ValueError("not a recognised image format (cannot identify the file)") from None
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on damaged files
         msg = " ".join(str(e).split())
         plain = (
@@ -89,11 +85,7 @@ def decode_image(data: bytes) -> np.ndarray:
             Image.DecompressionBombError,
             Image.DecompressionBombWarning,
         )
-        raise ValueError(
-            msg
-            if isinstance(e, plain) and msg
-            else f"cannot decode ({type(e).__name__}{': ' + msg if msg else ''})"
-        ) from None
+        raise ValueError(msg if isinstance(e, plain) and msg else f"cannot decode ({type(e).__name__}{': ' + msg if msg else ''})") from None
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.dtype != np.uint8 or arr.ndim != 3 or min(arr.shape[:2]) < 1:
@@ -107,11 +99,7 @@ class _Unsupported(Exception):
 
 def is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return (
-        name.lower().endswith(IMAGE_EXTENSIONS)
-        and not base.startswith("._")
-        and "__MACOSX/" not in name
-    )
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not base.startswith("._") and "__MACOSX/" not in name
 
 
 class _FileImages(Source):
@@ -175,12 +163,9 @@ class _FileImages(Source):
             if buf:
                 yield np.stack(buf), None
         if self.report.read == 0:
-            first = (
-                self.report.rejected[0] if self.report.rejected else ("", "no files")
-            )
+            first = self.report.rejected[0] if self.report.rejected else ("", "no files")
             raise GenevalError(
-                f"{self.spec}: no readable image among {self.n} file(s) "
-                f"({self.report.n_rejected} rejected; first: {first[0]}: {first[1]})"
+                f"{self.spec}: no readable image among {self.n} file(s) ({self.report.n_rejected} rejected; first: {first[0]}: {first[1]})"
             )
 
     def _decode_one(self, name: str) -> np.ndarray | str:
@@ -227,12 +212,8 @@ class _Walk:
         self.skipped = 0
         self.problems: list[tuple[str, str]] = []
         self.visited: set[tuple[int, int]] = set()  # folders walked, by (device, inode)
-        self.counted: set[tuple[int, int]] = (
-            set()
-        )  # image files counted, by (device, inode)
-        self.links: list[
-            tuple[str, str]
-        ] = []  # (relative path, full path), followed after the tree
+        self.counted: set[tuple[int, int]] = set()  # image files counted, by (device, inode)
+        self.links: list[tuple[str, str]] = []  # (relative path, full path), followed after the tree
 
     def file(self, rel: str, key: tuple[int, int]) -> None:
         if is_image_name(rel):
@@ -251,9 +232,7 @@ class _Walk:
                     entries = sorted(it, key=lambda e: e.name)
                 dev = os.stat(d).st_dev
             except OSError as e:
-                self.problems.append(
-                    (r or ".", f"cannot list folder: {e.strerror or e}")
-                )
+                self.problems.append((r or ".", f"cannot list folder: {e.strerror or e}"))
                 continue
             subdirs = []
             for e in entries:
@@ -263,9 +242,7 @@ class _Walk:
                         self.links.append((er, e.path))
                     elif e.is_dir(follow_symlinks=False):
                         key = (dev, e.inode())
-                        if (
-                            key in self.visited
-                        ):  # a bind mount of a folder already walked
+                        if key in self.visited:  # a bind mount of a folder already walked
                             self.skipped += 1
                         else:
                             self.visited.add(key)
@@ -287,9 +264,7 @@ class _Walk:
         """Follow one symlink unless its target folder was walked or its target file counted."""
         try:
             target = os.stat(full)
-        except (
-            OSError
-        ):  # dangling, or a cycle of links: an image name stays so its reason is shown
+        except OSError:  # dangling, or a cycle of links: an image name stays so its reason is shown
             if is_image_name(rel):
                 self.names.append(rel)
             return
@@ -306,9 +281,7 @@ class _Walk:
             else:
                 self.file(rel, key)
         elif is_image_name(rel):
-            self.problems.append(
-                (rel, "links to something that is not a regular file: not read")
-            )
+            self.problems.append((rel, "links to something that is not a regular file: not read"))
 
 
 class FolderSource(_FileImages):
@@ -318,18 +291,14 @@ class FolderSource(_FileImages):
 
     def __init__(self, path: Path, workers: int | None = None) -> None:
         names, ignored, skipped, problems = walk_folder(path)
-        super().__init__(
-            str(path), names, ignored, workers, rejected=problems, links_skipped=skipped
-        )
+        super().__init__(str(path), names, ignored, workers, rejected=problems, links_skipped=skipped)
         self.path = path
 
     def _read_bytes(self, name: str) -> bytes:
         with open(self.path / name, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
-            raise ValueError(
-                f"larger than {MAX_FILE_BYTES >> 20} MiB: not read as an image"
-            )
+            raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MiB: not read as an image")
         return data
 
     def _content_hash(self) -> str:
@@ -342,11 +311,7 @@ class FolderSource(_FileImages):
 
     def describe(self) -> str:
         text = super().describe()
-        return (
-            f"{text[:-1]}, {self.links_skipped} symlinks skipped)"
-            if self.links_skipped
-            else text
-        )
+        return f"{text[:-1]}, {self.links_skipped} symlinks skipped)" if self.links_skipped else text
 
 
 class ZipSource(_FileImages):
@@ -359,37 +324,26 @@ class ZipSource(_FileImages):
             self._zip = zipfile.ZipFile(path)
             infos = [i for i in self._zip.infolist() if not i.is_dir()]
         except ZIP_ERRORS as e:
-            raise GenevalError(
-                f"{path}: corrupt or truncated zip archive ({' '.join(str(e).split())})"
-            ) from None
+            raise GenevalError(f"{path}: corrupt or truncated zip archive ({' '.join(str(e).split())})") from None
         # A name stored twice: the last entry is what unzip extracts, so that one is read.
         self._infos = {i.filename: i for i in infos}
         names = sorted(n for n in self._infos if is_image_name(n))
         ignored = sum(1 for n in self._infos if not is_image_name(n))
         counts = Counter(i.filename for i in infos)
         dups = sorted(n for n, c in counts.items() if c > 1 and is_image_name(n))
-        rejected = [
-            (n, "stored more than once in the zip: only the last copy is read")
-            for n in dups
-        ]
+        rejected = [(n, "stored more than once in the zip: only the last copy is read") for n in dups]
         super().__init__(str(path), names, ignored, workers, rejected=rejected)
         self.path = path
 
     def _read_bytes(self, name: str) -> bytes:
         info = self._infos[name]
         if info.file_size > MAX_FILE_BYTES:
-            raise ValueError(
-                f"larger than {MAX_FILE_BYTES >> 20} MiB uncompressed: not read as an image"
-            )
+            raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MiB uncompressed: not read as an image")
         try:
             with self._zip.open(info) as f:
                 return f.read()
-        except (
-            ZIP_ERRORS
-        ) as e:  # bad CRC, truncated, encrypted or unsupported member: reject it
-            raise ValueError(
-                f"damaged zip member ({' '.join(str(e).split()) or type(e).__name__})"
-            ) from None
+        except ZIP_ERRORS as e:  # bad CRC, truncated, encrypted or unsupported member: reject it
+            raise ValueError(f"damaged zip member ({' '.join(str(e).split()) or type(e).__name__})") from None
 
     def _content_hash(self) -> str:
         return hash_file(self.path).hexdigest()

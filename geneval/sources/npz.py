@@ -37,7 +37,7 @@ from geneval.sources.arrays import (
     scan_values,
     to_uint8_nhwc,
 )
-from geneval.sources.base import ZIP_ERRORS, Batch, Source, hash_file
+from geneval.sources.base import NPY_ERRORS, ZIP_ERRORS, Batch, Source, hash_file
 
 STATS_KEYS = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 FEATURE_KEYS = {"pool3": "geneval_pool3"}
@@ -47,9 +47,7 @@ META_KEY = "geneval_meta"
 class _Header:
     """A member's .npy header: shape, dtype, order, where the data starts and how long it is."""
 
-    def __init__(
-        self, shape: tuple[int, ...], dtype: np.dtype, fortran: bool, offset: int
-    ) -> None:
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, fortran: bool, offset: int) -> None:
         self.shape, self.dtype, self.fortran, self.offset = (
             shape,
             dtype,
@@ -62,9 +60,7 @@ class _Header:
 class NpzSource(Source):
     """An ADM sample batch, ADM reference batch or statistics `.npz` (see module docstring)."""
 
-    def __init__(
-        self, path: Path, *, layout: str = "auto", float_range: str | None = None
-    ) -> None:
+    def __init__(self, path: Path, *, layout: str = "auto", float_range: str | None = None) -> None:
         super().__init__(str(path))
         self.path = path
         self.float_range = float_range
@@ -73,9 +69,7 @@ class NpzSource(Source):
             self._zip = zipfile.ZipFile(path)
             members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
         except ZIP_ERRORS as e:
-            raise GenevalError(
-                f"{path}: corrupt or truncated .npz ({_one_line(e)})"
-            ) from None
+            raise GenevalError(f"{path}: corrupt or truncated .npz ({_one_line(e)})") from None
         self._members = members
         keys = set(members)
         self._read_small_arrays(keys)
@@ -94,16 +88,12 @@ class NpzSource(Source):
             self.has_images = True
             self.kind = "adm-ref" if self.stats else "npz"
             if self.labels is not None and len(self.labels) != self.shape[0]:
-                raise GenevalError(
-                    f"{path}: {len(self.labels)} labels (arr_1) for {self.shape[0]} images (arr_0)"
-                )
+                raise GenevalError(f"{path}: {len(self.labels)} labels (arr_1) for {self.shape[0]} images (arr_0)")
         elif self.stats:
             self.has_images = False
             self.kind = "stats"
         else:
-            raise GenevalError(
-                f"{path}: neither images (arr_0) nor statistics (mu, sigma); keys: {sorted(keys) or 'none'}"
-            )
+            raise GenevalError(f"{path}: neither images (arr_0) nor statistics (mu, sigma); keys: {sorted(keys) or 'none'}")
 
     # -- member headers ----------------------------------------------------------------------
     def _header(self, key: str) -> _Header:
@@ -120,24 +110,16 @@ class NpzSource(Source):
                 ):  # 3.0 differs only in allowing utf-8 field names
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
-                    raise ValueError(
-                        f"unsupported .npy format version {version[0]}.{version[1]}"
-                    )
+                    raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
                 offset = f.tell()
-        except ZIP_ERRORS as e:
-            raise GenevalError(
-                f"{self.path}: corrupt or truncated {key} ({_one_line(e)})"
-            ) from None
+        except NPY_ERRORS as e:
+            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({_one_line(e)})") from None
         dtype = np.dtype(dtype)
         if any(d < 0 for d in shape):
-            raise GenevalError(
-                f"{self.path}: member {key!r} declares a negative shape {tuple(shape)}"
-            )
+            raise GenevalError(f"{self.path}: member {key!r} declares a negative shape {tuple(shape)}")
         head = _Header(tuple(int(d) for d in shape), dtype, bool(fortran), offset)
         if dtype.hasobject:
-            raise GenevalError(
-                f"{self.path}: member {key!r} holds Python objects ({dtype}); refusing to unpickle"
-            )
+            raise GenevalError(f"{self.path}: member {key!r} holds Python objects ({dtype}); refusing to unpickle")
         if head.nbytes > info.file_size - offset:
             raise GenevalError(
                 f"{self.path}: {key} is truncated: its header declares {head.shape} {dtype} "
@@ -151,47 +133,27 @@ class NpzSource(Source):
         try:
             with self._zip.open(self._members[key]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
-        except ZIP_ERRORS as e:
-            raise GenevalError(
-                f"{self.path}: corrupt or truncated {key} ({_one_line(e)})"
-            ) from None
+        except NPY_ERRORS as e:
+            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({_one_line(e)})") from None
 
     def _load_numeric(self, key: str, kinds: str, what: str) -> np.ndarray:
         arr = self._load(key)
         if arr.dtype.kind not in kinds:
-            raise GenevalError(
-                f"{self.path}: {key} has dtype {arr.dtype}, expected {what}"
-            )
+            raise GenevalError(f"{self.path}: {key} has dtype {arr.dtype}, expected {what}")
         return arr
 
     def _load_labels(self) -> np.ndarray:
-        return (
-            self._load_numeric("arr_1", "iu", "integer class labels")
-            .astype(np.int64)
-            .reshape(-1)
-        )
+        return self._load_numeric("arr_1", "iu", "integer class labels").astype(np.int64).reshape(-1)
 
     def _read_small_arrays(self, keys: set[str]) -> None:
         for layer, (mk, sk) in STATS_KEYS.items():
             if mk in keys or sk in keys:
                 if not (mk in keys and sk in keys):
-                    raise GenevalError(
-                        f"{self.path}: has {mk if mk in keys else sk!r} without its partner"
-                    )
-                mu = self._load_numeric(mk, "fiu", "float statistics").astype(
-                    np.float64
-                )
-                sigma = self._load_numeric(sk, "fiu", "float statistics").astype(
-                    np.float64
-                )
-                if (
-                    mu.ndim != 1
-                    or sigma.shape != (mu.shape[0], mu.shape[0])
-                    or mu.shape[0] == 0
-                ):
-                    raise GenevalError(
-                        f"{self.path}: {mk}/{sk} shapes {mu.shape}/{sigma.shape} are not (d,) and (d, d) with d >= 1"
-                    )
+                    raise GenevalError(f"{self.path}: has {mk if mk in keys else sk!r} without its partner")
+                mu = self._load_numeric(mk, "fiu", "float statistics").astype(np.float64)
+                sigma = self._load_numeric(sk, "fiu", "float statistics").astype(np.float64)
+                if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]) or mu.shape[0] == 0:
+                    raise GenevalError(f"{self.path}: {mk}/{sk} shapes {mu.shape}/{sigma.shape} are not (d,) and (d, d) with d >= 1")
                 if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
                     raise GenevalError(f"{self.path}: non-finite values in {mk}/{sk}")
                 self.stats[layer] = (mu, sigma)
@@ -199,31 +161,21 @@ class NpzSource(Source):
             if key in keys:
                 feats = self._load_numeric(key, "f", "float features")
                 if feats.ndim != 2:
-                    raise GenevalError(
-                        f"{self.path}: {key} has shape {feats.shape}, expected (N, d)"
-                    )
+                    raise GenevalError(f"{self.path}: {key} has shape {feats.shape}, expected (N, d)")
                 self.features[layer] = feats
         if META_KEY in keys:
             raw = self._load(META_KEY)
             try:
                 if raw.dtype.kind not in "US" or raw.ndim != 0:
-                    raise TypeError(
-                        f"expected a JSON string, got {raw.dtype} {raw.shape}"
-                    )
+                    raise TypeError(f"expected a JSON string, got {raw.dtype} {raw.shape}")
                 meta = json.loads(raw.item())
                 if not isinstance(meta, dict):
-                    raise TypeError(
-                        f"expected a JSON object, got {type(meta).__name__}"
-                    )
+                    raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
                 n = meta.get("n")
-                if n is not None and not (
-                    isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                ):
+                if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
                     raise TypeError(f"'n' must be a count, got {n!r}")
             except (ValueError, TypeError, RecursionError) as e:
-                raise GenevalError(
-                    f"{self.path}: unreadable {META_KEY} ({_one_line(e)})"
-                ) from None
+                raise GenevalError(f"{self.path}: unreadable {META_KEY} ({_one_line(e)})") from None
             self.meta.update(meta)
 
     @property
@@ -245,9 +197,7 @@ class NpzSource(Source):
                 f.seek(info.header_offset)
                 local = f.read(30)
             name_len, extra_len = struct.unpack("<26xHH", local)
-            data_start = (
-                info.header_offset + 30 + name_len + extra_len + self._header_len
-            )
+            data_start = info.header_offset + 30 + name_len + extra_len + self._header_len
             arr = np.memmap(
                 self.path,
                 dtype=self.dtype,
@@ -257,9 +207,7 @@ class NpzSource(Source):
                 order="F" if self._fortran else "C",
             )
         except (OSError, ValueError, struct.error) as e:
-            raise GenevalError(
-                f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})"
-            ) from None
+            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
         try:
             scan_values(arr, f"{self.path}: arr_0", self.float_range)
         finally:
@@ -267,18 +215,14 @@ class NpzSource(Source):
 
     # -- streaming arr_0 ---------------------------------------------------------------------
     def _batches(self, batch_size: int) -> Iterator[Batch]:
-        if (
-            self._fortran
-        ):  # rare: np.savez of a Fortran-ordered array; no row streaming possible
+        if self._fortran:  # rare: np.savez of a Fortran-ordered array; no row streaming possible
             arr = self._load("arr_0")
             chunks = (arr[i : i + batch_size] for i in range(0, len(arr), batch_size))
         else:
             chunks = self._stream_rows(batch_size)
         i = 0
         for raw in chunks:
-            imgs = to_uint8_nhwc(
-                raw, self.layout, f"{self.path}: arr_0", self.float_range, start=i
-            )
+            imgs = to_uint8_nhwc(raw, self.layout, f"{self.path}: arr_0", self.float_range, start=i)
             self.report.read += len(imgs)
             labels = None if self.labels is None else self.labels[i : i + len(imgs)]
             i += len(imgs)
@@ -299,14 +243,10 @@ class NpzSource(Source):
                             f"{self.path}: arr_0 is truncated: header says {n} images, data ends at image {start + len(buf) // max(row_bytes, 1)}"
                         )
                     yield np.frombuffer(buf, dtype=self.dtype).reshape((k, *row_shape))
-                while f.read(
-                    1 << 20
-                ):  # reach the end so zipfile checks the member's CRC
+                while f.read(1 << 20):  # reach the end so zipfile checks the member's CRC
                     pass
         except ZIP_ERRORS as e:
-            raise GenevalError(
-                f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})"
-            ) from None
+            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
 
     def _content_hash(self) -> str:
         return hash_file(self.path).hexdigest()
