@@ -131,13 +131,15 @@ def main(argv: list[str] | None = None) -> dict:
         "diffusers_overhead_vs_bare": t_diff / t_bare - 1,
         "fast_speedup_vs_diffusers_fp32": t_diff / t_fast,
         "fast_mode": "bf16 autocast" + ("" if a.no_compile else " + torch.compile"),
+        "targets": "geneval overhead vs bare <= 3%; fast >= 1.7x diffusers DDIMPipeline fp32",
     }
+    res["passes"] = res["geneval_overhead_vs_bare"] <= 0.03 and res["fast_speedup_vs_diffusers_fp32"] >= 1.7
     print(json.dumps(res, indent=2))
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(res, indent=2) + "\n")
-    return res
+    return 0 if res["passes"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(main())

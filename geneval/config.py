@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+import tomllib
+
+from geneval import vocab
 from geneval.errors import GenevalError
-
-CONVENTIONS = ("w", "s")  # Ho & Salimans eps=(1+w)eps_c-w*eps_u  vs  LDM/diffusers eps=eps_u+s(eps_c-eps_u)
-MODES = ("tf", "pytorch", "clean")
-PRECISIONS = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class RunConfig:
         out_dir: parent directory of `<run-id>/` report folders.
         run_id: report folder name; None = a fresh sortable id.
         progress: show tqdm progress bars on stderr.
+        shard_size: samples per resumable shard (a killed run restarts from its finished shards).
     """
 
     model: str | None = None
@@ -67,6 +67,7 @@ class RunConfig:
     out_dir: str = "reports"
     run_id: str | None = None
     progress: bool = True
+    shard_size: int = 1000
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -75,12 +76,11 @@ class RunConfig:
             raise GenevalError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise GenevalError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.convention not in CONVENTIONS:
-            raise GenevalError(f"unknown guidance convention {self.convention!r}: use w (w=0 unguided) or s (s=1 unguided)")
-        if self.mode not in MODES:
-            raise GenevalError(f"unknown feature mode {self.mode!r}: use one of {', '.join(MODES)}")
-        if self.precision not in PRECISIONS:
-            raise GenevalError(f"unknown precision {self.precision!r}: use one of {', '.join(PRECISIONS)}")
+        if self.shard_size < 1:
+            raise GenevalError(f"shard_size must be >= 1, got {self.shard_size}")
+        vocab.check("convention", self.convention)
+        vocab.check("mode", self.mode)
+        vocab.check("precision", self.precision)
         if self.classifier_scale < 0:
             raise GenevalError(f"classifier_scale must be >= 0, got {self.classifier_scale}")
         if self.classifier_scale > 0 and not self.classifier:
@@ -93,7 +93,7 @@ class RunConfig:
             return None
         return self.guidance if self.convention == "w" else self.guidance - 1.0
 
-    def replace(self, **changes: Any) -> "RunConfig":
+    def replace(self, **changes: Any) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

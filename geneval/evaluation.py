@@ -25,22 +25,31 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.features.cache import FeatureCache, PartialEntry, extract_resumable, make_key
+from geneval.features.cache import make_key
 from geneval.metrics.compute import FeatureSet, MetricOptions, compute_metrics
 from geneval.metrics.registry import expand_metrics, get_metric
 from geneval.metrics.stats import GaussianStats
+
 # Re-exported: the pipeline and older callers import the preflight names from here.
 from geneval.preflight import (  # noqa: F401
-    BIAS_DIMS, IS_CONVENTIONS, ExtractConfig, Plan, _check_servable, _precomputed_usable, check_sizes,
-    metric_needs, preflight,
+    BIAS_DIMS,
+    ExtractConfig,
+    Plan,
+    check_servable,
+    check_sizes,
+    metric_needs,
+    precomputed_usable,
+    preflight,
 )
 from geneval.results import ResultRow, ResultSet, new_run_id
+from geneval.runner.execute import Needs, Streamed
 from geneval.sources import Source, open_source
 from geneval.sources.base import ReadReport
 
@@ -76,7 +85,7 @@ class SideFeatures:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], describe: str = "features",
-                    content_sha256: str | None = None, report: ReadReport | None = None) -> "SideFeatures":
+                    content_sha256: str | None = None, report: ReadReport | None = None) -> SideFeatures:
         """Wrap features extracted elsewhere (e.g. the sampling pipeline's stream).
 
         Args:
@@ -89,7 +98,7 @@ class SideFeatures:
         return cls(fs, describe, content_sha256, report, {k: "given" for k in arrays})
 
 
-class _Extractors:
+class Extractors:
     """Builds the FeatureExtractor on first use (a run served fully by caches needs none)."""
 
     def __init__(self, config: ExtractConfig, weights: Any, need_logits: bool) -> None:
@@ -117,10 +126,9 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
             as `metric_needs` returns.
         config: extraction settings (mode, device, precision, batch size, cache, progress).
         weights: resolved TF-Inception weights (None: resolve from config.weights).
-        extractor: an existing FeatureExtractor / _Extractors to reuse (None: built on demand).
+        extractor: an existing FeatureExtractor / Extractors to reuse (None: built on demand).
         label: "samples" or "reference", for messages.
     """
-    from geneval.features.inception import FEATURES_NAME
 
     src = open_source(source)
     if weights is None:
@@ -128,9 +136,9 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
 
         weights = resolve_inception(config.weights, need_logits="logits" in set(needs[1]))
     if extractor is None:
-        extractor = _Extractors(config, weights, "logits" in set(needs[1]))
+        extractor = Extractors(config, weights, "logits" in set(needs[1]))
     stats_layers, feature_layers = set(needs[0]), set(needs[1])
-    usable, notes = _precomputed_usable(src, config.mode, weights, strict=not src.has_images)
+    usable, notes = precomputed_usable(src, config.mode, weights, strict=not src.has_images)
     origin: dict[str, str] = {}
     given_stats: dict[str, GaussianStats] = {}
     arrays: dict[str, np.ndarray] = {}
@@ -145,17 +153,25 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
         for layer in feature_layers & set(src.features):
             arrays[layer] = src.features[layer]
             origin[layer] = "file features"
-    todo = (stats_layers - set(given_stats)) | (feature_layers - set(arrays))
+    todo_rows = feature_layers - set(arrays)
+    todo_stats = stats_layers - set(given_stats) - todo_rows
     report = None
-    if todo:
+    n_streamed = None
+    if todo_rows or todo_stats:
         if not src.has_images:  # preflight refuses this; guard direct callers
-            raise GenevalError(f"{label} {src.spec} has no images to extract {', '.join(sorted(todo))} from")
-        extracted, report, hit = _extract_cached(src, todo, config, weights, extractor, FEATURES_NAME, label)
-        for layer in todo:
-            arrays[layer] = extracted[layer]
+            raise GenevalError(f"{label} {src.spec} has no images to extract {', '.join(sorted(todo_rows | todo_stats))} from")
+        streamed, report, hit = stream_source(src, Needs(frozenset(todo_stats), frozenset(todo_rows)), config, weights,
+                                              extractor, label)
+        n_streamed = streamed.n
+        for layer in todo_rows:
+            arrays[layer] = streamed.rows.get(layer)
             origin[layer] = "cache" if hit else "extracted"
-    kept = {layer: arrays[layer] for layer in (feature_layers | (stats_layers - set(given_stats))) if layer in arrays}
-    n = report.read if report is not None else (src.n if src.has_images else n_file)
+        for layer in todo_stats:
+            if layer in streamed.stats:
+                given_stats[layer] = streamed.stats[layer]
+            origin[layer] = "cache" if hit else "extracted"
+    kept = {layer: arrays[layer] for layer in feature_layers if arrays.get(layer) is not None}
+    n = n_streamed if n_streamed is not None else (src.n if src.has_images else n_file)
     fs = FeatureSet(pool3=kept.get("pool3"), spatial=kept.get("spatial"), logits=kept.get("logits"),
                     pool3_stats=given_stats.get("pool3"), spatial_stats=given_stats.get("spatial"),
                     n=None if kept else n)
@@ -165,29 +181,84 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     return SideFeatures(fs, src.describe(), src.content_hash(), report, origin, list(notes))
 
 
-def _extract_cached(src: Source, todo: set[str], config: ExtractConfig, weights: Any, extractor: Any,
-                    features_name: str, label: str) -> tuple[dict[str, np.ndarray], ReadReport, bool]:
-    cache = FeatureCache(enabled=config.cache)
-    key = make_key(src.content_hash(), features_name, weights.sha256, config.mode, effective_precision(config))
-    hit = cache.load(key, todo)
-    if hit is not None:
-        arrays, meta = hit
-        report = ReadReport.from_dict(meta.get("report", {}))
-        log.info("%s: features from cache (%s)", label, key.digest[:12])
-        log.info("%s: %s", label, report.summary())
-        return arrays, report, True
-    ex = extractor.get() if isinstance(extractor, _Extractors) else extractor
-    partial = PartialEntry(cache, key)
-    arrays = extract_resumable(ex, (images for images, _ in src.batches(config.batch_size)), partial,
-                               needed=todo, progress=config.progress, total=src.n)
-    report = src.report
+def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any, extractor: Any,
+                  label: str) -> tuple[Streamed, ReadReport, bool]:
+    """One source's features through the execution core: cached, resumable shards on every rank.
+
+    Returns (merged features, read report, whether everything came from the cache). The feature
+    cache is the shard store itself (<cache>/features/<key>): a finished store serves later runs,
+    an interrupted one resumes, and with cache off a private store is removed afterwards.
+
+    Args:
+        src: the opened source.
+        needs: layers to sum and layers to gather.
+        config: extraction settings (cache, batch size, progress).
+        weights: resolved TF-Inception weights.
+        extractor: a FeatureExtractor or Extractors (built only when a shard must be computed).
+        label: "samples" or "reference", for messages.
+    """
+    import os
+
+    from geneval.features.inception import FEATURES_NAME
+    from geneval.runner import distributed
+    from geneval.runner.execute import SourceProducer, stream_features
+    from geneval.runner.shards import ShardStore
+    from geneval.weights import cache_dir
+
+    dist = distributed.current()
+    key = make_key(src.content_hash(), FEATURES_NAME, weights.sha256, config.mode, effective_precision(config)).__dict__
+    key = {**key, "kind": "features", "batch_size": config.batch_size, "outputs": sorted(_outputs(weights))}
+    if config.cache:
+        root = cache_dir() / "features"
+    else:  # private to this job: neither read nor leave anything
+        root = cache_dir() / "scratch" / os.environ.get("TORCHELASTIC_RUN_ID", f"pid{os.getpid()}")
+    store = ShardStore(root, key, max(int(src.n or 0), 1), config.shard_size).open()
+    record = store.complete_record()
+
+    def extract(images: np.ndarray) -> dict[str, Any]:
+        ex = extractor.get() if isinstance(extractor, Extractors) else extractor
+        return ex.extract(images)
+
+    streamed = stream_features(store, SourceProducer(src, config.batch_size), extract, needs, dist,
+                               progress=config.progress, desc=f"inception ({label})")
+    hit = streamed.resumed == store.num_shards
+    if record is not None and hit:
+        report = ReadReport.from_dict(record.get("report", {}))
+        log.info("%s: features from cache (%s)", label, store.digest[:12])
+    else:
+        report = _merged_report(dist, src.report, streamed.n)
+        if dist.is_main and config.cache:
+            store.mark_complete({"report": report.to_dict(), "source": src.describe()})
+    if streamed.n == 0:
+        raise GenevalError(f"{label} {src.spec}: no images to extract features from (0 images could be read)")
     log.info("%s: %s", label, report.summary())
-    try:
-        cache.save(key, arrays, {"report": report.to_dict(), "source": src.describe()})
-        partial.clear()
-    except OSError as e:  # a full or read-only cache must not cost the user the numbers
-        log.warning("could not write the feature cache: %s", e)
-    return arrays, report, False
+    if not config.cache:
+        distributed.barrier(dist)
+        if dist.is_main:
+            store.remove()
+    return streamed, report, hit
+
+
+def _outputs(weights: Any) -> tuple[str, ...]:
+    return ("pool3", "spatial", "logits") if weights.has_logits else ("pool3", "spatial")
+
+
+def _merged_report(dist: Any, local: ReadReport, n: int) -> ReadReport:
+    """The read report of the whole source: N from the merge, rejections united over ranks."""
+    rejected = list(local.rejected)
+    ignored = local.ignored
+    if dist.active:
+        import torch.distributed as tdist
+
+        parts: list[Any] = [None] * dist.world
+        tdist.all_gather_object(parts, (local.rejected, local.ignored))
+        seen: dict[str, str] = {}
+        for rej, _ in parts:
+            for item, reason in rej:
+                seen.setdefault(item, reason)
+        rejected = list(seen.items())
+        ignored = max(p[1] for p in parts)
+    return ReadReport(n, rejected, ignored)
 
 
 def effective_precision(config: ExtractConfig) -> str:
@@ -289,7 +360,7 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
              weights: str | None = None, cache: bool = True, seed: int = 2020, is_convention: str = "adm",
              kid_subsets: int = 100, kid_subset_size: int | None = None, progress: bool = True,
              run_id: str | None = None, model: str | None = None,
-             extra_provenance: dict[str, Any] | None = None) -> ResultSet:
+             extra_provenance: dict[str, Any] | None = None, shard_size: int = 1000) -> ResultSet | None:
     """Score generated images against a reference with TF-Inception metrics.
 
     Args:
@@ -314,21 +385,36 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
         model: model name recorded in the rows.
         extra_provenance: sampler/steps/guidance/convention fill those row fields; other keys
             go to each row's extra.
+        shard_size: images per resumable shard of the feature cache.
+    Returns:
+        The ResultSet; None on ranks other than 0 under torchrun (rank 0 merges and scores).
     Raises:
         GenevalError: bad input, found before any extraction where possible.
     """
+    from geneval.runner import distributed
+
     started = time.perf_counter()
-    config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress)
+    dist = distributed.current()
+    device = distributed.device_for(dist, device)
+    config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress, shard_size)
     options = MetricOptions(is_convention=is_convention, is_seed=seed, kid_subsets=kid_subsets,
-                            kid_subset_size=kid_subset_size, kid_seed=seed)
-    plan = preflight(samples, ref, metrics, config, options)
-    for w in plan.warnings.values():
-        warnings.warn(w, stacklevel=2)
-    extractor = _Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics))
+                            kid_subset_size=kid_subset_size, kid_seed=seed, device=device)
+    plan, error = None, None
+    try:
+        plan = preflight(samples, ref, metrics, config, options)
+    except GenevalError as e:
+        error = e
+    distributed.agree(dist, error)  # a failure on any rank stops every rank before any extraction
+    if dist.is_main:
+        for w in plan.warnings.values():
+            warnings.warn(w, stacklevel=2)
+    extractor = Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics))
     side = features_for_source(plan.samples, plan.sample_needs, config, plan.weights, extractor=extractor, label="samples")
     ref_side = None
     if plan.ref is not None and (plan.ref_needs[0] or plan.ref_needs[1]):  # e.g. --metrics is ignores --ref
         ref_side = features_for_source(plan.ref, plan.ref_needs, config, plan.weights, extractor=extractor, label="reference")
+    if not dist.is_main:  # features were merged on rank 0, which scores and reports
+        return None
     # Rejected files can shrink N after preflight: check again before any number is made.
     check_sizes(plan.metrics, side.n, None if ref_side is None else ref_side.n, options)
     info = _info(extractor, config, plan.weights)
@@ -339,12 +425,12 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
         "metrics": list(plan.metrics), **asdict(config), "precision_used": info.get("precision"),
         "options": asdict(options), "samples_report": None if side.report is None else side.report.to_dict(),
         "ref_report": None if (ref_side is None or ref_side.report is None) else ref_side.report.to_dict(),
-        "warnings": list(plan.warnings.values()),
+        "warnings": list(plan.warnings.values()), "world_size": dist.world,
     }
     return rs
 
 
-def _info(extractor: _Extractors, config: ExtractConfig, weights: Any) -> dict[str, Any]:
+def _info(extractor: Extractors, config: ExtractConfig, weights: Any) -> dict[str, Any]:
     """The extractor's provenance; built from config/weights when no extraction ran."""
     if extractor._extractor is not None:
         return dict(extractor._extractor.info)

@@ -15,23 +15,28 @@ The only module that joins sampling and features. Order of work:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
-import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+import torch
 
 from geneval.config import RunConfig
 from geneval.errors import GenevalError
-from geneval.results import ResultSet, atomic_write_text, new_run_id, write_results
+from geneval.results import ResultSet, new_run_id, write_results
+from geneval.runner.output import (
+    NpzStreamWriter,
+    atomic_write_text,
+    check_output_file,
+    check_writable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +82,9 @@ def _extract_config(cfg: RunConfig):
 
 def _metric_options(cfg: RunConfig):
     from geneval.metrics.compute import MetricOptions
+    from geneval.runner.distributed import current, device_for
 
-    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed)
+    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed, device=device_for(current(), cfg.device))
 
 
 def sampling_config(cfg: RunConfig):
@@ -94,29 +100,14 @@ def _load(path: str, what: str, preset: str | None, device: str | None):
     from geneval.models.formats import load_model
 
     try:
-        return load_model(path, preset=preset, device=device or _default_device())
+        from geneval.runner.distributed import current, device_for
+
+        return load_model(path, preset=preset, device=device_for(current(), device))
     except GenevalError as e:
         raise GenevalError(f"{what} checkpoint {path} does not load: {e}") from None
     except Exception as e:  # safetensors / torch raise their own types for damaged files
         msg = " ".join(str(e).split())[:200]
         raise GenevalError(f"{what} checkpoint {path} does not load ({type(e).__name__}: {msg})") from None
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _check_writable(folder: Path, what: str) -> None:
-    """Create `folder` if needed and prove we can write there (a probe file, removed at once)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".geneval-probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise GenevalError(f"{what} {folder} is not writable ({e.strerror or e})") from None
 
 
 def preflight(cfg: RunConfig) -> RunPlan:
@@ -126,19 +117,20 @@ def preflight(cfg: RunConfig) -> RunPlan:
         cfg: the run configuration; `model=None` selects the shipped demo model and, if the
             metrics need a reference and `ref=None`, the shipped Fashion-MNIST test reference.
     """
-    from geneval.evaluation import _check_servable, _precomputed_usable, check_sizes, metric_needs
-    from geneval.features.extract import PRECISIONS
-    from geneval.features.resize import MODES
+    from geneval.evaluation import (
+        check_servable,
+        check_sizes,
+        metric_needs,
+        precomputed_usable,
+    )
+    from geneval.metrics.compute import check_computable
     from geneval.metrics.registry import expand_metrics, get_metric
     from geneval.sampling.generate import check_models
     from geneval.sources import open_source
     from geneval.weights import resolve_inception
 
     names = tuple(expand_metrics(cfg.metrics))
-    if cfg.mode not in MODES:
-        raise GenevalError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
-    if cfg.precision not in PRECISIONS:
-        raise GenevalError(f"unknown precision {cfg.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_computable(names, "run")  # psnr, lpips_div, ... need pixels or pairs: refuse before sampling
     sampling_config(cfg).validate()  # sampler name, guidance knobs: before anything is loaded
     need_logits = any("logits" in get_metric(m).needs for m in names)
     weights = resolve_inception(None, need_logits=need_logits)  # MissingWeightsError names the file
@@ -161,8 +153,8 @@ def preflight(cfg: RunConfig) -> RunPlan:
             raise GenevalError(f"{', '.join(needs_ref)} compare(s) against a reference: pass --ref (images, ADM batch or stats .npz)")
         ref_src = open_source(cfg.ref)
         ref_src.check_nonempty()
-        _check_servable(ref_src, needs_ref, "reference", metric_needs(names, "reference"))
-        _precomputed_usable(ref_src, cfg.mode, weights, strict=not ref_src.has_images)
+        check_servable(ref_src, needs_ref, "reference", metric_needs(names, "reference"))
+        precomputed_usable(ref_src, cfg.mode, weights, strict=not ref_src.has_images)
 
     run_id = cfg.run_id or new_run_id("run")
     cfg = cfg.replace(run_id=run_id)
@@ -170,12 +162,12 @@ def preflight(cfg: RunConfig) -> RunPlan:
     run_dir = out_dir / run_id
     if run_dir.exists():
         raise GenevalError(f"report folder {run_dir} already exists: pick another --run-id")
-    _check_writable(out_dir, "output folder")
+    check_writable(out_dir, "output folder")
     if cfg.save_samples:
-        p = Path(cfg.save_samples)
-        if p.suffix.lower() != ".npz":
-            raise GenevalError(f"--save-samples must name a .npz file (ADM sample batch), got {p}")
-        _check_writable(p.parent, "--save-samples folder")
+        check_output_file(cfg.save_samples, "--save-samples", (".npz",))
+    from geneval.weights import cache_dir
+
+    check_writable(cache_dir() / "runs", "cache folder (GENEVAL_CACHE)")
 
     model = _load(cfg.model, "model", cfg.preset, cfg.device)
     classifier = _load(cfg.classifier, "classifier", None, cfg.device) if cfg.classifier else None
@@ -184,6 +176,30 @@ def preflight(cfg: RunConfig) -> RunPlan:
     check_models(model, sampling, classifier)  # CFG needs a null class, classifier fits the model, respacing valid
     bias = check_sizes(names, cfg.n, None if ref_src is None else ref_src.n, _metric_options(cfg))
     return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo)
+
+
+def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
+    """A plan for `cfg` that differs from `plan` only in sampling knobs or report folder: nothing is reloaded.
+
+    Args:
+        plan: a preflighted plan (its model, classifier, weights and reference are reused).
+        cfg: the new configuration; model, classifier, reference and feature settings must match.
+    """
+    from geneval.sampling.generate import check_models
+
+    if plan.demo:  # preflight filled in the shipped demo model and reference
+        cfg = cfg.replace(model=plan.config.model, ref=cfg.ref or plan.config.ref)
+    fixed = ("model", "classifier", "preset", "ref", "mode", "precision", "metrics", "device")
+    changed = [f for f in fixed if getattr(cfg, f) != getattr(plan.config, f)]
+    if changed:
+        raise GenevalError(f"replan cannot change {', '.join(changed)}: preflight a new plan")
+    run_dir = Path(cfg.out_dir) / (cfg.run_id or new_run_id("run"))
+    if run_dir.exists():
+        raise GenevalError(f"report folder {run_dir} already exists: pick another --run-id")
+    sampling = sampling_config(cfg)
+    sampling.validate()
+    check_models(plan.model, sampling, plan.classifier)
+    return dataclasses.replace(plan, config=cfg.replace(run_id=run_dir.name), run_dir=run_dir, sampling=sampling)
 
 
 def run(model: str | None = None, metrics: str = "fid", ref: str | None = None, n: int = 50_000, sampler: str = "ddim",
@@ -229,8 +245,18 @@ def run_config(cfg: RunConfig, *, ref_side: Any = None) -> ResultSet:
         cfg: the run configuration.
         ref_side: reference features already prepared (sweeps reuse them across runs).
     """
+    from geneval.runner import distributed
+
     started = time.perf_counter()
-    plan = preflight(cfg)
+    dist = distributed.current()
+    if dist.active and cfg.run_id is None:  # every rank must name the same report folder
+        cfg = cfg.replace(run_id=distributed.broadcast_object(dist, new_run_id("run")))
+    plan, error = None, None
+    try:
+        plan = preflight(cfg)
+    except GenevalError as e:
+        error = e
+    distributed.agree(dist, error)  # one failing rank stops every rank, before any sampling
     return execute(plan, ref_side=ref_side, started=started)
 
 
@@ -243,60 +269,6 @@ def prepare_ref(plan: RunPlan, extractor: Any = None):
     return prepare_reference(plan.ref, plan.metrics, _extract_config(plan.config), plan.weights, extractor=extractor)
 
 
-def _sample_batches(plan: RunPlan) -> Iterator[Any]:
-    """The sampler's stream of SampleBatch(images uint8 NHWC, labels, indices)."""
-    from geneval.sampling.generate import sample
-
-    c = plan.config
-    return sample(plan.model, c.n, classifier=plan.classifier, batch_size=c.batch_size,
-                  device=c.device or _default_device(), progress=False, config=plan.sampling)
-
-
-class _NpzWriter:
-    """Streams uint8 batches into an ADM sample batch (.npz: arr_0 N×H×W×3, arr_1 labels) atomically."""
-
-    def __init__(self, path: Path, n: int) -> None:
-        self.path, self.n, self.count = path, n, 0
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        self._zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
-        self._member = None
-        self.labels: list[np.ndarray] = []
-
-    def add(self, images: np.ndarray, labels: np.ndarray | None) -> None:
-        from geneval.sources.reference import to_rgb
-
-        rgb = np.ascontiguousarray(to_rgb(images))
-        if self._member is None:
-            self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (self.n, *rgb.shape[1:])}
-            np.lib.format.write_array_header_2_0(self._member, header)
-        self._member.write(rgb.data)
-        self.count += len(rgb)
-        if labels is not None:
-            self.labels.append(np.asarray(labels, dtype=np.int64))
-
-    def close(self) -> None:
-        if self.count != self.n:
-            raise GenevalError(f"sampler produced {self.count} images, expected {self.n}")
-        self._member.close()
-        if self.labels:
-            with self._zip.open("arr_1.npy", "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.concatenate(self.labels), allow_pickle=False)
-        self._zip.close()
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        try:
-            if self._member is not None:
-                self._member.close()
-            self._zip.close()
-        except (OSError, ValueError):
-            pass
-        Path(self.tmp).unlink(missing_ok=True)
-
-
 class _GridKeeper:
     """Keeps the first few samples of each class (or the first GRID_MAX) for grid.png."""
 
@@ -304,6 +276,10 @@ class _GridKeeper:
         self.images: list[np.ndarray] = []
         self.labels: list[int] = []
         self.per_class: dict[int, int] = {}
+
+    @property
+    def full(self) -> bool:
+        return len(self.images) >= GRID_MAX
 
     def add(self, images: np.ndarray, labels: np.ndarray | None) -> None:
         if labels is None:
@@ -318,93 +294,110 @@ class _GridKeeper:
                 self.labels.append(y)
 
 
-def stream_features(plan: RunPlan, extractor: Any, on_batch: Any = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Sample and extract in one loop; returns (features by layer, timings).
-
-    Args:
-        plan: the preflighted plan.
-        extractor: a FeatureExtractor on the sampling device.
-        on_batch: optional callback(images, labels) for each batch (grid, npz writer).
-    """
-    from tqdm.auto import tqdm
+def run_store(plan: RunPlan, extractor: Any, needs: Any, device: str):
+    """The run's shard store: keyed by everything that shapes its samples and features, never by world size."""
+    from geneval import __version__
+    from geneval.runner.shards import ShardStore
+    from geneval.weights import cache_dir
 
     c = plan.config
-    chunks: dict[str, list[np.ndarray]] = {}
-    t_sample = t_feat = 0.0
-    count = 0
-    bar_s = tqdm(total=c.n, unit="img", desc="sampling", file=sys.stderr, disable=not c.progress, position=0)
-    bar_f = tqdm(total=c.n, unit="img", desc="features", file=sys.stderr, disable=not c.progress, position=1)
-    try:
-        it = iter(_sample_batches(plan))
-        while True:
-            t0 = time.perf_counter()
-            batch = next(it, None)
-            t_sample += time.perf_counter() - t0
-            if batch is None:
-                break
-            images = batch.images
-            bar_s.update(len(images))
-            t0 = time.perf_counter()
-            feats = extractor.extract(images)
-            t_feat += time.perf_counter() - t0
-            for k, v in feats.items():
-                chunks.setdefault(k, []).append(v.numpy())
-            bar_f.update(len(images))
-            count += len(images)
-            if on_batch is not None:
-                on_batch(np.asarray(images), None if batch.labels is None else np.asarray(batch.labels))
-    finally:
-        bar_s.close()
-        bar_f.close()
-    if count != c.n:
-        raise GenevalError(f"sampler produced {count} images, expected {c.n}")
-    return {k: np.concatenate(v) for k, v in chunks.items()}, {"sample_s": t_sample, "features_s": t_feat}
+    info = {k: v for k, v in extractor.info.items() if k not in ("device", "weights_path")}
+    key = {
+        "kind": "run", "geneval": __version__, "model_sha256": plan.model.weights_sha256,
+        "model": plan.model.describe(), "classifier_sha256": None if plan.classifier is None else plan.classifier.weights_sha256,
+        "sampling": plan.sampling.to_dict(), "batch_size": c.batch_size, "features": info,
+        "device_type": torch.device(device).type, "keep_images": needs.keep_images,
+    }
+    return ShardStore(cache_dir() / "runs", key, c.n, c.shard_size)
 
 
 def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None) -> ResultSet:
-    """Run a preflighted plan: reference, sample→features stream, metrics, report folder.
+    """Run a preflighted plan on this rank: reference, sample→features shards, merge, metrics, report (rank 0).
 
     Args:
         plan: from `preflight`.
         ref_side: prepared reference features to reuse (None: prepare them here).
         started: time.perf_counter() at the start, for wall_s.
     """
-    from geneval.evaluation import SideFeatures, score
+    from geneval.evaluation import SideFeatures, metric_needs, score
     from geneval.features.extract import FeatureExtractor
+    from geneval.metrics.compute import FeatureSet
     from geneval.metrics.registry import get_metric
+    from geneval.runner import distributed
+    from geneval.runner.execute import Chunk, Needs, iter_shard_images, stream_features
+    from geneval.sampling.generate import generate_range
 
     started = time.perf_counter() if started is None else started
     c = plan.config
-    for w in plan.bias_warnings.values():
-        log.warning(w)
+    dist = distributed.current()
+    device = distributed.device_for(dist, c.device)
+    if dist.is_main:
+        for w in plan.bias_warnings.values():
+            log.warning(w)
     need_logits = any("logits" in get_metric(m).needs for m in plan.metrics)
-    extractor = FeatureExtractor(mode=c.mode, device=c.device or _default_device(), precision=c.precision,
+    extractor = FeatureExtractor(mode=c.mode, device=device, precision=c.precision,
                                  weights=plan.weights, need_logits=need_logits, batch_size=min(c.batch_size, 250))
     if ref_side is None:
         ref_side = prepare_ref(plan, extractor)
+    stats_layers, row_layers = metric_needs(plan.metrics, "samples")
+    needs = Needs(stats_layers, row_layers, keep_images=bool(c.save_samples))
+    store = run_store(plan, extractor, needs, device).open()
 
+    def produce(lo: int, hi: int):
+        for b in generate_range(plan.model, plan.sampling, None, plan.classifier, lo, hi, c.batch_size, device):
+            yield Chunk(b.images, b.labels, b.indices)
+
+    streamed = stream_features(store, produce, extractor.extract, needs, dist, progress=c.progress,
+                               desc=f"sampling+features (rank {dist.rank}/{dist.world})" if dist.active else "sampling+features")
+    timings = {"sample_s": streamed.timings["produce_s"], "features_s": streamed.timings["features_s"]}
+    if streamed.n != c.n:
+        raise GenevalError(f"sampler produced {streamed.n} images, expected {c.n}")
+    rs = None
+    if dist.is_main:
+        fs = FeatureSet(pool3=streamed.rows.get("pool3"), spatial=streamed.rows.get("spatial"),
+                        logits=streamed.rows.get("logits"), pool3_stats=streamed.stats.get("pool3"),
+                        spatial_stats=streamed.stats.get("spatial"), n=None if streamed.rows else streamed.n)
+        samples = SideFeatures(fs, f"{c.n} samples from {c.model}", origin={k: "sampled" for k in needs.layers})
+        prov = _provenance(plan, timings) | {"world_size": dist.world, "shards": store.num_shards,
+                                             "resumed_shards": streamed.resumed, "shard_size": c.shard_size}
+        info = dict(extractor.info) | {"device": device}
+        rs = score(samples, ref_side, plan.metrics, options=_metric_options(c), info=info, seed=c.seed,
+                   run_id=c.run_id, model=_model_name(plan), extra_provenance=prov,
+                   started=started, bias_warnings=plan.bias_warnings)
+        rs.config = _resolved_config(plan, ref_side, timings, time.perf_counter() - started) | {
+            "world_size": dist.world, "resumed_shards": streamed.resumed, "shard_store": str(store.dir)}
+        for r in rs.rows:
+            r.wall_s = round(time.perf_counter() - started, 3)
+        grid = _GridKeeper()
+        for images, labels in iter_shard_images(store, "images" if needs.keep_images else "preview"):
+            grid.add(images, labels)
+            if grid.full and labels is None:
+                break
+        _write_outputs(plan, rs, grid, store)
+    distributed.barrier(dist)
+    if dist.is_main and not os.environ.get("GENEVAL_KEEP_SHARDS"):
+        store.remove()
+    if rs is not None:
+        rs.config["report_dir"] = str(plan.run_dir)
+    return rs
+
+
+def _write_outputs(plan: RunPlan, rs: ResultSet, grid: _GridKeeper, store: Any) -> None:
+    """Rank 0: --save-samples streamed shard by shard, then the report folder, renamed into place whole."""
+    from geneval.runner.execute import iter_shard_images
+    from geneval.sources.reference import to_rgb
+
+    c = plan.config
     partial = plan.run_dir.parent / f".{plan.run_dir.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    writer = _NpzWriter(Path(c.save_samples), c.n) if c.save_samples else None
-    grid = _GridKeeper()
-
-    def on_batch(images: np.ndarray, labels: np.ndarray | None) -> None:
-        grid.add(images, labels)
-        if writer is not None:
-            writer.add(images, labels)
-
+    writer = NpzStreamWriter(Path(c.save_samples), c.n) if c.save_samples else None
     try:
-        arrays, timings = stream_features(plan, extractor, on_batch)
         if writer is not None:
+            # One rule for every command: arr_0 is RGB (ADM's evaluator reads 3 channels).
+            for images, labels in iter_shard_images(store, "images"):
+                writer.add(to_rgb(images), labels)
             writer.close()
-        samples = SideFeatures.from_arrays(arrays, describe=f"{c.n} samples from {c.model}")
-        rs = score(samples, ref_side, plan.metrics, options=_metric_options(c), info=dict(extractor.info), seed=c.seed,
-                   run_id=c.run_id, model=_model_name(plan), extra_provenance=_provenance(plan, timings),
-                   started=started, bias_warnings=plan.bias_warnings)
-        rs.config = _resolved_config(plan, ref_side, timings, time.perf_counter() - started)
-        for r in rs.rows:
-            r.wall_s = round(time.perf_counter() - started, 3)
         _write_report(partial, rs, grid, plan)
         if plan.run_dir.exists():
             raise GenevalError(f"report folder {plan.run_dir} appeared while the run was going")
@@ -414,8 +407,6 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
             writer.discard()
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    rs.config["report_dir"] = str(plan.run_dir)
-    return rs
 
 
 def _model_name(plan: RunPlan) -> str:

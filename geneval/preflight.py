@@ -8,16 +8,17 @@ that fits N, and the N < 2048 bias warnings. Used by `geneval.evaluation` and `g
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
+from geneval import vocab
 from geneval.errors import GenevalError
-from geneval.metrics.compute import MetricOptions
+from geneval.metrics.compute import MetricOptions, check_computable
 from geneval.metrics.kid import resolve_subset_size
 from geneval.metrics.registry import expand_metrics, get_metric
 from geneval.sources import Source, open_source
 
-IS_CONVENTIONS = ("adm", "torch-fidelity")
 BIAS_DIMS = {"fid": 2048, "sfid": 2023}
 
 
@@ -33,6 +34,7 @@ class ExtractConfig:
         weights: explicit TF-Inception weight file (None: geneval.weights' lookup chain).
         cache: read and write the feature cache.
         progress: tqdm bars on stderr.
+        shard_size: images per resumable shard (cache entries and interrupted runs resume by shard).
     """
 
     mode: str = "tf"
@@ -42,6 +44,7 @@ class ExtractConfig:
     weights: str | None = None
     cache: bool = True
     progress: bool = True
+    shard_size: int = 1000
 
 @dataclass(frozen=True)
 class Plan:
@@ -72,19 +75,6 @@ def metric_needs(metrics: Iterable[str], side: str) -> tuple[frozenset[str], fro
     return frozenset(stats - feats), frozenset(feats)
 
 
-def _min_n(metrics: Iterable[str], options: MetricOptions) -> dict[str, int]:
-    """Smallest N per metric: a covariance needs 2 rows; k-NN radii need k + 1 points."""
-    need = {}
-    for name in metrics:
-        if name in ("precision", "recall"):
-            need[name] = options.pr_k + 1
-        elif name in ("density", "coverage"):
-            need[name] = options.dc_k + 1
-        else:
-            need[name] = 2
-    return need
-
-
 def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None,
                 options: MetricOptions) -> dict[str, str]:
     """Raise on sizes no metric can use (N = 1, KID subset > N, N ≤ k); return bias warnings.
@@ -96,7 +86,7 @@ def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None
         options: metric knobs (k's, KID subset size).
     """
     metrics = list(metrics)
-    for name, low in _min_n(metrics, options).items():
+    for name, low in {m: get_metric(m).smallest_n(options) for m in metrics}.items():
         for which, n in (("samples", n_samples), ("reference", n_ref if get_metric(name).needs_ref else None)):
             if n is not None and n < low:
                 raise GenevalError(f"{name} needs at least {low} {which.rstrip('s')} images, got N={n}")
@@ -123,19 +113,17 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
         config: extraction settings.
         options: metric knobs.
     """
-    from geneval.features.extract import PRECISIONS
-    from geneval.features.resize import MODES
     from geneval.weights import resolve_inception
 
     names = tuple(expand_metrics(metrics))
-    if config.mode not in MODES:
-        raise GenevalError(f"unknown mode {config.mode!r}: choose one of {', '.join(MODES)}")
-    if config.precision not in PRECISIONS:
-        raise GenevalError(f"unknown precision {config.precision!r}: choose one of {', '.join(PRECISIONS)}")
+    check_computable(names, "eval")
+    vocab.check("mode", config.mode)
+    vocab.check("precision", config.precision)
+    if config.shard_size < 1:
+        raise GenevalError(f"shard size must be >= 1, got {config.shard_size}")
     if config.batch_size < 1:
         raise GenevalError(f"batch size must be >= 1, got {config.batch_size}")
-    if options.is_convention not in IS_CONVENTIONS:
-        raise GenevalError(f"unknown IS convention {options.is_convention!r}: use {' or '.join(IS_CONVENTIONS)}")
+    vocab.check("is_convention", options.is_convention)
     if options.kid_subsets < 1:
         raise GenevalError(f"KID needs at least 1 subset, got {options.kid_subsets}")
     needs_ref = [n for n in names if get_metric(n).needs_ref]
@@ -152,18 +140,18 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
         raise GenevalError(f"{', '.join(needs_ref)} compare(s) against a reference: pass --ref (images, ADM batch or stats .npz)")
     s_needs = metric_needs(names, "samples")
     r_needs = metric_needs(names, "reference") if ref_src is not None else (frozenset(), frozenset())
-    _check_servable(sample_src, names, "samples", s_needs)
+    check_servable(sample_src, names, "samples", s_needs)
     if ref_src is not None:
-        _check_servable(ref_src, needs_ref, "reference", r_needs)
+        check_servable(ref_src, needs_ref, "reference", r_needs)
     for src in (sample_src, ref_src):
         if src is not None:
-            _precomputed_usable(src, config.mode, weights, strict=not src.has_images)
+            precomputed_usable(src, config.mode, weights, strict=not src.has_images)
     n_ref = ref_src.n if ref_src is not None else None
     found = check_sizes(names, sample_src.n, n_ref, options)
     return Plan(names, sample_src, ref_src, weights, s_needs, r_needs, found)
 
 
-def _check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> None:
+def check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> None:
     """A statistics-only source serves only metrics whose needs are statistics it holds."""
     if src.has_images:
         return
@@ -182,7 +170,7 @@ def _check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> N
         )
 
 
-def _precomputed_usable(src: Source, mode: str, weights: Any, strict: bool) -> tuple[bool, list[str]]:
+def precomputed_usable(src: Source, mode: str, weights: Any, strict: bool) -> tuple[bool, list[str]]:
     """Whether a file's stored statistics/features fit this run; (usable, notes to record).
 
     Args:

@@ -11,13 +11,13 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from geneval.errors import GenevalError
+from geneval.runner.output import atomic_write_text  # noqa: F401  (re-exported: the one atomic writer)
 
 # Columns in the order they appear in tables and CSV files.
 COLUMNS: tuple[str, ...] = (
@@ -283,22 +283,6 @@ class ResultSet:
 
     def extend(self, other: "ResultSet") -> "ResultSet":
         return ResultSet(self.rows + other.rows, {**self.config, **other.config})
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that a crash leaves either the old file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes 0600 files; results are meant to be shared like any file the user writes.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_markdown(rs: ResultSet, columns: Sequence[str] | None = None) -> str:

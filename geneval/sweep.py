@@ -13,8 +13,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from geneval.config import RunConfig, SweepConfig
 from geneval.errors import GenevalError
@@ -64,7 +64,7 @@ def sweep(base: RunConfig, param: str, values: Sequence[float], sweep_id: str | 
         values: the swept values in order.
         sweep_id: report folder name under base.out_dir (default: a new id).
     """
-    from geneval.pipeline import execute, preflight, prepare_ref
+    from geneval.pipeline import execute, preflight, prepare_ref, replan
     from geneval.report.plots import plot_sweep
 
     cfg = SweepConfig(base=base, param=param, values=tuple(values), sweep_id=sweep_id or new_run_id("sweep"))
@@ -76,7 +76,10 @@ def sweep(base: RunConfig, param: str, values: Sequence[float], sweep_id: str | 
     runs_dir = partial / "runs"
     try:
         # Preflight every point before any sampling: a bad value fails now, not after hours.
-        plans = [preflight(_point_config(cfg, v, runs_dir, cfg.sweep_id)) for v in cfg.values]
+        # The model, classifier, weights and reference load once, for the first point; the other
+        # points reuse them and re-check only what the swept value changes.
+        first = preflight(_point_config(cfg, cfg.values[0], runs_dir, cfg.sweep_id))
+        plans = [first] + [replan(first, _point_config(cfg, v, runs_dir, cfg.sweep_id)) for v in cfg.values[1:]]
         ref_side = prepare_ref(plans[0])
         rows = []
         for v, plan in zip(cfg.values, plans):

@@ -187,20 +187,8 @@ def is_offline() -> bool:
     return os.environ.get("GENEVAL_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, remembered per (path, size, mtime) within the process."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+# One sha256 helper for the whole package (memoised per path, size and mtime).
+from geneval.runner.output import sha256_file  # noqa: E402,F401
 
 
 def _hash_ok(digest: str, expected: str) -> bool:

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import geneval
-from geneval.features.cache import FeatureCache, make_key
-from geneval.features.extract import FeatureExtractor
+from geneval.features.cache import make_key
 
 
 def _key(**over):
@@ -29,29 +28,49 @@ def test_key_changes_with_every_part():
     assert make_key("c", "e", "w", "tf", "exact").geneval_version == geneval.__version__
 
 
-def test_save_load_roundtrip_and_misses(tmp_path, rng):
-    cache = FeatureCache(tmp_path)
-    key = _key()
-    arrays = {"pool3": rng.normal(size=(3, 5)).astype(np.float32), "spatial": rng.normal(size=(3, 4)).astype(np.float32)}
-    assert cache.load(key, ["pool3"]) is None
-    path = cache.save(key, arrays, {"report": {"read": 3}})
-    assert path == tmp_path / f"{key.digest}.npz"
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp files left
-    got, meta = cache.load(key, ["pool3", "spatial"])
-    np.testing.assert_array_equal(got["pool3"], arrays["pool3"])
-    assert meta["report"] == {"read": 3} and meta["key"]["mode"] == "tf"
-    assert cache.load(key, ["logits"]) is None  # an entry without a needed array is a miss
-    assert cache.load(_key(mode="pytorch"), ["pool3"]) is None
-    path.write_bytes(path.read_bytes()[:100])  # damaged entry: a miss, not a crash
-    assert cache.load(key, ["pool3"]) is None
+def test_shard_store_roundtrip_and_damage(tmp_path, rng):
+    from geneval.errors import GenevalError
+    from geneval.runner.shards import ShardStore
+
+    store = ShardStore(tmp_path, {"k": 1}, n=10, shard_size=4).open()
+    assert store.num_shards == 3 and store.bounds(2) == (8, 10)
+    arrays = {"feat_pool3": rng.normal(size=(4, 5)).astype(np.float32), "indices": np.arange(4)}
+    assert not store.done(0)
+    store.save(0, arrays, {"count": 4})
+    assert store.done(0)
+    assert sorted(p.name for p in store.dir.iterdir()) == ["manifest.json", "shard_000000.npz"]  # no temp files
+    got, meta = store.load(0)
+    np.testing.assert_array_equal(got["feat_pool3"], arrays["feat_pool3"])
+    assert meta == {"count": 4}
+    assert ShardStore(tmp_path, {"k": 2}, n=10, shard_size=4).dir != store.dir  # another key, another folder
+    assert ShardStore(tmp_path, {"k": 1}, n=10, shard_size=5).dir != store.dir  # the shard size is part of the key
+    store.path(0).write_bytes(store.path(0).read_bytes()[:100])
+    with pytest.raises(GenevalError, match="unreadable.*delete it"):
+        store.load(0)
 
 
-def test_disabled_cache_neither_reads_nor_writes(tmp_path, rng):
-    FeatureCache(tmp_path).save(_key(), {"pool3": np.zeros((2, 2), np.float32)})
-    off = FeatureCache(tmp_path, enabled=False)
-    assert off.load(_key(), ["pool3"]) is None
-    assert off.save(_key(mode="clean"), {"pool3": np.zeros((2, 2), np.float32)}) is None
-    assert len(list(tmp_path.iterdir())) == 1
+def test_shard_claims_are_exclusive_between_processes(tmp_path):
+    """A second process sees a shard being computed as taken (flock), so two jobs never compute it twice."""
+    import subprocess
+    import sys
+
+    from geneval.runner.shards import ShardStore
+
+    store = ShardStore(tmp_path, {"k": 1}, n=4, shard_size=2).open()
+    probe = (f"import sys; sys.path.insert(0, {str(pathlib_root())!r}); from geneval.runner.shards import ShardStore; "
+             f"s = ShardStore({str(tmp_path)!r}, {{'k': 1}}, n=4, shard_size=2)\n"
+             "with s.claim(0, wait=False) as got: print(got)")
+    with store.claim(0, wait=False) as got:
+        assert got
+        held = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert held.stdout.strip() == "False" and free.stdout.strip() == "True", held.stderr + free.stderr
+
+
+def pathlib_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -75,12 +94,12 @@ def test_second_evaluate_hits_cache(private_cache, fmnist_test, monkeypatch):
     a, b = fmnist_test.images[100:106], fmnist_test.images[106:112]
     first = geneval.evaluate(a, b, metrics="pr", progress=False)
     assert first["precision"].extra["samples_origin"] == {"pool3": "extracted"}
-    assert len(list(private_cache.glob("*.npz"))) == 2
+    assert len(list(private_cache.glob("*/complete.json"))) == 2
 
     def boom(*args, **kwargs):
         raise AssertionError("extraction ran although the cache holds the features")
 
-    monkeypatch.setattr(FeatureExtractor, "extract_all", boom)
+    monkeypatch.setattr(FeatureExtractor, "extract", boom)
     second = geneval.evaluate(a, b, metrics="pr", progress=False)
     for m in ("precision", "recall"):
         assert second[m].value == first[m].value
@@ -96,14 +115,15 @@ def test_cache_false_neither_reads_nor_writes(private_cache, fmnist_test):
     rs = geneval.evaluate(a, a, metrics="pr", progress=False, cache=False)
     assert rs["precision"].extra["samples_origin"] == {"pool3": "extracted"}
     assert rs["precision"].extra["ref_origin"] == {"pool3": "extracted"}  # same content, no cache read
-    assert not private_cache.exists() or not list(private_cache.glob("*.npz"))
+    assert not private_cache.exists() or not list(private_cache.glob("*/shard_*.npz"))
+    assert not list((private_cache.parent / "scratch").glob("*/*/shard_*"))  # the private store is gone
     assert rs["precision"].value == 1.0 and rs["recall"].value == 1.0  # identical sets
     # ... and the key changes with the mode: a pytorch-mode run does not see tf-mode entries.
     geneval.evaluate(b, b, metrics="pr", progress=False)
-    entries = set(private_cache.glob("*.npz"))
+    entries = set(private_cache.glob("*/complete.json"))
     rs = geneval.evaluate(b, b, metrics="pr", progress=False, mode="pytorch")
     assert rs["precision"].extra["samples_origin"] == {"pool3": "extracted"} and rs["precision"].mode == "pytorch"
-    assert len(set(private_cache.glob("*.npz")) - entries) == 1
+    assert len(set(private_cache.glob("*/complete.json")) - entries) == 1
 
 
 def test_cache_key_is_a_frozen_record():
@@ -112,10 +132,7 @@ def test_cache_key_is_a_frozen_record():
 
 
 class _LinearNet:
-    """Stand-in for the network in resume tests: features are fixed linear maps of the pixels;
-    batches stream through FeatureExtractor's own extract_all."""
-
-    extract_all = FeatureExtractor.extract_all
+    """Stand-in for the network in resume tests: features are fixed linear maps of the pixels."""
 
     def __init__(self, fail_after: int | None = None) -> None:
         w = np.random.default_rng(0)
@@ -131,71 +148,40 @@ class _LinearNet:
         return {k: torch.from_numpy((x @ w).astype(np.float32)) for k, w in self.w.items()}
 
 
-def _batches(images, size):
-    return (images[i:i + size] for i in range(0, len(images), size))
-
-
-def test_interrupted_extraction_resumes_where_it_stopped(tmp_path, rng):
-    from geneval.features.cache import PartialEntry, extract_resumable
+def test_interrupted_stream_resumes_by_shard_and_matches(tmp_path, rng):
+    from geneval.runner.distributed import SINGLE
+    from geneval.runner.execute import Needs, SourceProducer, stream_features
+    from geneval.runner.shards import ShardStore
+    from geneval.sources import open_source
 
     images = rng.integers(0, 256, size=(23, 4, 4, 3), dtype=np.uint8)
-    want = extract_resumable(_LinearNet(), _batches(images, 5), PartialEntry(FeatureCache(tmp_path / "a", enabled=False), _key()),
-                             needed=("pool3",), progress=False)
-    cache = FeatureCache(tmp_path / "b")
+    needs = Needs(stats=frozenset({"spatial"}), rows=frozenset({"pool3"}))
+
+    def go(root, net, batch):
+        store = ShardStore(root, {"k": 1}, n=23, shard_size=5).open()
+        return store, stream_features(store, SourceProducer(open_source(images), batch), net.extract, needs, SINGLE)
+
+    _, want = go(tmp_path / "a", _LinearNet(), 5)
     with pytest.raises(KeyboardInterrupt):
-        extract_resumable(_LinearNet(fail_after=3), _batches(images, 5), PartialEntry(cache, _key()),
-                          needed=("pool3",), progress=False, checkpoint_seconds=0)
-    parts = sorted(p.name for p in (cache.root / "partial" / _key().digest).iterdir())
-    assert parts == ["part_0000000000.npz", "part_0000000005.npz", "part_0000000010.npz"]
+        go(tmp_path / "b", _LinearNet(fail_after=3), 5)
+    store = ShardStore(tmp_path / "b", {"k": 1}, n=23, shard_size=5)
+    assert [store.done(k) for k in range(5)] == [True, True, True, False, False]
     net = _LinearNet()
-    # a different batch size on the rerun: the checkpoint ends inside a batch, which is split
-    got = extract_resumable(net, _batches(images, 4), PartialEntry(cache, _key()), needed=("pool3",),
-                            progress=False, checkpoint_seconds=1e9)
-    assert net.images == 23 - 15
-    for k in ("pool3", "spatial"):
-        np.testing.assert_array_equal(got[k], want[k])
-    # other keys (another mode, another source) never see these parts
-    assert PartialEntry(cache, _key(mode="clean")).load(("pool3",)) == ({}, 0)
-    PartialEntry(cache, _key()).clear()
-    assert not (cache.root / "partial" / _key().digest).exists()
-
-
-def test_partial_parts_must_be_contiguous_and_complete(tmp_path, rng):
-    from geneval.features.cache import PartialEntry
-
-    cache = FeatureCache(tmp_path)
-    pe = PartialEntry(cache, _key())
-    a = {"pool3": rng.normal(size=(4, 5)).astype(np.float32)}
-    pe.save(0, a)
-    pe.save(6, a)  # a gap after image 4: this and later parts are unusable
-    chunks, n = pe.load(("pool3",))
-    assert n == 4 and len(chunks["pool3"]) == 1
-    assert pe.load(("pool3", "spatial")) == ({}, 0)  # a part without a needed array ends the usable run
-    (pe.folder / "part_0000000000.npz").write_bytes(b"junk")
-    assert pe.load(("pool3",)) == ({}, 0)
-    off = PartialEntry(FeatureCache(tmp_path / "off", enabled=False), _key())
-    off.save(0, a)
-    assert not off.folder.exists() and off.load(("pool3",)) == ({}, 0)
-
-
-def test_checkpoint_longer_than_source_is_an_error(tmp_path, rng):
-    from geneval.errors import GenevalError
-    from geneval.features.cache import PartialEntry, extract_resumable
-
-    pe = PartialEntry(FeatureCache(tmp_path), _key())
-    pe.save(0, {"pool3": np.zeros((10, 5), np.float32), "spatial": np.zeros((10, 3), np.float32)})
-    images = rng.integers(0, 256, size=(6, 4, 4, 3), dtype=np.uint8)
-    with pytest.raises(GenevalError, match="fewer images"):
-        extract_resumable(_LinearNet(), _batches(images, 4), pe, needed=("pool3",), progress=False)
+    _, got = go(tmp_path / "b", net, 5)
+    assert net.images == 23 - 15 and got.resumed == 3
+    np.testing.assert_array_equal(got.rows["pool3"], want.rows["pool3"])
+    np.testing.assert_array_equal(got.stats["spatial"].sigma, want.stats["spatial"].sigma)
+    assert got.n == 23 and got.stats["spatial"].n == 23
+    # The streamed statistics equal the batch statistics of all rows (float64, N−1).
+    rows = np.concatenate([_LinearNet().extract(images)["spatial"].numpy()])
+    np.testing.assert_allclose(got.stats["spatial"].sigma, np.cov(rows.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-9)
 
 
 def test_ref_build_resumes_after_interrupt(private_cache, tmp_path, monkeypatch, one_thread):
     """geneval ref build, stopped after one batch and rerun, extracts only the rest and matches a clean build."""
-    import geneval.features.cache as cache_mod
     from geneval.features.extract import FeatureExtractor
     from geneval.reference_build import build_reference
 
-    monkeypatch.setattr(cache_mod, "CHECKPOINT_SECONDS", 0.0)
     real = FeatureExtractor.extract
     seen = []
 
@@ -208,12 +194,12 @@ def test_ref_build_resumes_after_interrupt(private_cache, tmp_path, monkeypatch,
     monkeypatch.setattr(FeatureExtractor, "extract", flaky)
     out = tmp_path / "ref.npz"
     with pytest.raises(KeyboardInterrupt):
-        build_reference("digits[0:6]", out, batch_size=3, progress=False, with_images=False)
+        build_reference("digits[0:6]", out, batch_size=3, progress=False, with_images=False, shard_size=3)
     assert not out.exists() and seen == [3]
     flaky.resumed = True
-    meta = build_reference("digits[0:6]", out, batch_size=3, progress=False, with_images=False)
+    meta = build_reference("digits[0:6]", out, batch_size=3, progress=False, with_images=False, shard_size=3)
     assert seen == [3, 3] and meta["n"] == 6
-    assert not list((private_cache / "partial").iterdir())  # parts removed once the entry is written
+    assert len(list(private_cache.glob("*/complete.json"))) == 1  # the finished store is the cache entry
     monkeypatch.setattr(FeatureExtractor, "extract", real)
     clean = tmp_path / "clean.npz"
     build_reference("digits[0:6]", clean, batch_size=6, progress=False, with_images=False, cache=False)

@@ -53,13 +53,19 @@ def build_app() -> typer.Typer:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping user errors to exit 2 with a one-line message."""
+    from geneval.runner import distributed
+
     app = build_app()
     try:
         # Without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`.
         rc = app(args=argv, prog_name="geneval", standalone_mode=False)
     except GenevalError as e:
         msg = " ".join(str(e).split())  # one line, always
-        print(f"error: {msg}", file=sys.stderr)
+        dist = distributed.current()
+        # An error every rank agreed on is printed once, by rank 0; a rank's own error names the rank.
+        if dist.is_main or not getattr(e, "agreed", False):
+            prefix = f"rank {dist.rank}: " if dist.active and not getattr(e, "agreed", False) else ""
+            print(f"error: {prefix}{msg}", file=sys.stderr)
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -77,7 +83,11 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             _TyperClickException = click.ClickException
         if isinstance(e, (click.ClickException, _TyperClickException)):
-            e.show()
+            # One line like every other user error, not click's usage block.
+            msg = " ".join(e.format_message().split())
+            print(f"error: {msg}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
+    finally:
+        distributed.shutdown()
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -12,11 +12,12 @@ import logging
 import math
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import typer
 
+from geneval import vocab
 from geneval.errors import GenevalError
 
 _EVAL_HELP = """Score SAMPLES against --ref with TF-Inception metrics (ADM conventions by default).
@@ -40,9 +41,10 @@ Example: geneval ref build fashion-mnist:test --out reference_stats/fmnist_test.
 
 
 # Extraction options shared by `eval` and `ref build` (one definition, one help text).
-_MODE = typer.Option("tf", "--mode", help="Resize: tf (ADM, default), pytorch (pytorch-fid), clean (clean-fid); recorded with the results.")
+_MODE = typer.Option("tf", "--mode", help=f"Resize: {vocab.choices_help('mode')}; recorded with the results.")
 _DEVICE = typer.Option(None, "--device", help="Torch device, e.g. cuda:0 or cpu (default: CUDA if available).")
-_PRECISION = typer.Option("exact", "--precision", help="exact (fp32, TF32 off), tf32 or fast (fp16 + compile, CUDA).")
+_PRECISION = typer.Option("exact", "--precision", help=f"{vocab.choices_help('precision')}.")
+_SHARD = typer.Option(1000, "--shard-size", min=1, help="Images per resumable shard of the feature cache.")
 _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per batch.")
 _WEIGHTS = typer.Option(None, "--weights", help="TF-Inception weight file (IS needs one with logits).")
 _FLOAT_RANGE = typer.Option(None, "--float-range", help="Accept float .npy/.npz pixels in '0,1' or '-1,1'.")
@@ -94,14 +96,15 @@ def format_table(rs) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out: Optional[Path], suffixes: tuple[str, ...]) -> None:
+def _check_out(out: Path | None, suffixes: tuple[str, ...]) -> None:
     """Refuse a bad --out before any work, so a typo costs nothing."""
     if out is None:
         return
+    from geneval.runner.output import check_output_file
+
     if out.suffix.lower() not in suffixes:
         raise GenevalError(f"--out {out}: unknown format {out.suffix or '(none)'}; use {', '.join(suffixes)}")
-    if out.exists() and out.is_dir():
-        raise GenevalError(f"--out {out} is a folder")
+    check_output_file(out, "--out")  # a folder, an unwritable folder, a parent that is a file: now, not after the work
 
 
 def register(app: typer.Typer) -> None:
@@ -110,35 +113,40 @@ def register(app: typer.Typer) -> None:
     @app.command("eval", help=_EVAL_HELP)
     def eval_cmd(
         samples: str = typer.Argument(..., help="Generated images: folder, .zip, .npz, .npy or dataset name."),
-        ref: Optional[str] = typer.Option(None, "--ref", help="Reference: images, ADM reference batch or stats .npz."),
+        ref: str | None = typer.Option(None, "--ref", help="Reference: images, ADM reference batch or stats .npz."),
         metrics: str = typer.Option("fid", "--metrics", "-m", help="Comma list: fid,sfid,is,kid,pr,dc (pr/dc expand to pairs)."),
         mode: str = _MODE,
-        device: Optional[str] = _DEVICE,
+        device: str | None = _DEVICE,
         precision: str = _PRECISION,
         batch_size: int = _BATCH,
-        weights: Optional[str] = _WEIGHTS,
+        weights: str | None = _WEIGHTS,
         no_cache: bool = _NO_CACHE,
         seed: int = typer.Option(2020, "--seed", help="Seed of KID subsets and the torch-fidelity IS shuffle (2020 = torch-fidelity's)."),
-        is_convention: str = typer.Option("adm", "--is-convention", help="adm (5000-image chunks) or torch-fidelity (10 shuffled splits)."),
+        is_convention: str = typer.Option("adm", "--is-convention", help=f"{vocab.choices_help('is_convention')}."),
         kid_subsets: int = typer.Option(100, "--kid-subsets", min=1, help="Number of KID subsets."),
-        kid_subset_size: Optional[int] = typer.Option(None, "--kid-subset-size", min=2, help="Rows per KID subset (default min(1000, N))."),
-        float_range: Optional[str] = _FLOAT_RANGE,
-        model: Optional[str] = typer.Option(None, "--model-name", help="Model name recorded in the results."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
+        kid_subset_size: int | None = typer.Option(None, "--kid-subset-size", min=2, help="Rows per KID subset (default min(1000, N))."),
+        float_range: str | None = _FLOAT_RANGE,
+        model: str | None = typer.Option(None, "--model-name", help="Model name recorded in the results."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
         quiet: bool = _QUIET,
+        shard_size: int = _SHARD,
     ) -> None:
         from geneval.evaluation import evaluate
         from geneval.results import write_results
+        from geneval.runner import distributed
         from geneval.sources import open_source
 
+        distributed.init(device)
         _check_out(out, (".json", ".csv", ".md"))
-        with user_messages(quiet):
+        with user_messages(quiet or not distributed.current().is_main):
             sample_src = open_source(samples, float_range=float_range)
             ref_src = None if ref is None else open_source(ref, float_range=float_range)
             rs = evaluate(sample_src, ref_src, metrics=metrics, mode=mode, device=device, precision=precision,
                           batch_size=batch_size, weights=weights, cache=not no_cache, seed=seed,
                           is_convention=is_convention, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                          progress=not quiet, model=model)
+                          progress=not quiet, model=model, shard_size=shard_size)
+        if rs is None:  # not rank 0: rank 0 prints and writes
+            return
         typer.echo(format_table(rs))
         if out is not None:
             write_results(rs, out)
@@ -151,26 +159,31 @@ def register(app: typer.Typer) -> None:
         source: str = typer.Argument(..., help="Images: folder, .zip, .npz, .npy or dataset name."),
         out: Path = typer.Option(..., "--out", "-o", help="Output .npz (written atomically)."),
         mode: str = _MODE,
-        device: Optional[str] = _DEVICE,
+        device: str | None = _DEVICE,
         precision: str = _PRECISION,
         batch_size: int = _BATCH,
-        weights: Optional[str] = _WEIGHTS,
+        weights: str | None = _WEIGHTS,
         with_images: bool = typer.Option(True, "--with-images/--no-images", help="Store arr_0 (uint8 RGB images)."),
         with_features: bool = typer.Option(True, "--with-features/--no-features", help="Store geneval_pool3 (float32 pool3 features)."),
         stats_only: bool = typer.Option(False, "--stats-only", help="Write only mu/sigma (+ mu_s/sigma_s): pytorch-fid layout."),
-        float_range: Optional[str] = _FLOAT_RANGE,
+        float_range: str | None = _FLOAT_RANGE,
         no_cache: bool = _NO_CACHE,
         quiet: bool = _QUIET,
+        shard_size: int = _SHARD,
     ) -> None:
         from geneval.reference_build import build_reference
+        from geneval.runner import distributed
         from geneval.sources import open_source
 
+        distributed.init(device)
         _check_out(out, (".npz",))
-        with user_messages(quiet):
+        with user_messages(quiet or not distributed.current().is_main):
             meta = build_reference(open_source(source, float_range=float_range), out, mode=mode, device=device,
                                    precision=precision, batch_size=batch_size, weights=weights,
                                    with_images=with_images, with_features=with_features, stats_only=stats_only,
-                                   cache=not no_cache, progress=not quiet)
+                                   cache=not no_cache, progress=not quiet, shard_size=shard_size)
+        if not distributed.current().is_main:
+            return
         kind = "statistics" if stats_only else "reference batch"
         typer.echo(f"wrote {kind} {out}: N={meta['n']}, mode={meta['mode']}, weights sha256 {meta['weights_sha256'][:16]}…")
 

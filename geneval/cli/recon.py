@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -52,27 +51,27 @@ def register(app: typer.Typer) -> None:
 
     @app.command("recon", epilog=EXAMPLES)
     def recon_cmd(
-        ae: Optional[str] = typer.Option(None, "--ae", help="Autoencoder: demo (default; the shipped KL demo), demo-vq, "
+        ae: str | None = typer.Option(None, "--ae", help="Autoencoder: demo (default; the shipped KL demo), demo-vq, "
                                          "a native folder, an LDM .ckpt, a standalone / SD VAE file, or a diffusers folder."),
-        ae_config: Optional[str] = typer.Option(None, "--ae-config", help="Shape for LDM files: preset (sd-vae, kl-f4, "
+        ae_config: str | None = typer.Option(None, "--ae-config", help="Shape for LDM files: preset (sd-vae, kl-f4, "
                                                 "kl-f8, kl-f16, kl-f32, vq-f4, vq-f8, vq-f16), LDM YAML or JSON; "
                                                 "default: read off the tensor shapes."),
         data: str = typer.Option("fashion-mnist:test", "--data", help="Originals: dataset name, folder, zip, npz or npy."),
-        reconstructions: Optional[str] = typer.Option(None, "--reconstructions", help="Score these stored reconstructions "
+        reconstructions: str | None = typer.Option(None, "--reconstructions", help="Score these stored reconstructions "
                                                       "(same order and size as --data) instead of running an autoencoder."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
+        metrics: str | None = typer.Option(None, "--metrics", help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
                                               "latent (latent_scale, latent_std, latent_mean), codebook (VQ). Default: "
                                               "psnr,ssim,rfid,latent[,codebook] — all offline."),
         n: int = typer.Option(500, "--n", min=0, help="Images to use (0: all). rFID at small N is biased upward."),
         batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per batch."),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+        device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the KL posterior sample behind the latent statistics."),
         lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex, vgg or squeeze."),
-        lpips_weights: Optional[Path] = typer.Option(None, "--lpips-weights", help="torchvision backbone file for LPIPS "
+        lpips_weights: Path | None = typer.Option(None, "--lpips-weights", help="torchvision backbone file for LPIPS "
                                                      "(default: torch hub cache, then geneval's cache)."),
         mode: str = typer.Option("tf", "--mode", help="TF-Inception preprocessing for rFID: tf, pytorch, clean."),
-        inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="TF-Inception weight file."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Write results: a folder (results.json/.csv/.md) or one "
+        inception_weights: Path | None = typer.Option(None, "--inception-weights", help="TF-Inception weight file."),
+        out: Path | None = typer.Option(None, "--out", help="Write results: a folder (results.json/.csv/.md) or one "
                                            "file by suffix."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:

@@ -5,16 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from geneval.errors import GenevalError
 
 
-def _emit(text: str, out: Optional[Path]) -> None:
+def _emit(text: str, out: Path | None) -> None:
     """Print to stdout, or write atomically to `out` and say so on stderr."""
-    from geneval.results import atomic_write_text
+    from geneval.runner.output import atomic_write_text
 
     if out is None:
         sys.stdout.write(text)
@@ -23,7 +22,15 @@ def _emit(text: str, out: Optional[Path]) -> None:
         print(f"wrote {out}", file=sys.stderr)
 
 
-def _format(fmt: Optional[str], out: Optional[Path], allowed: tuple[str, ...]) -> str:
+def _check_out(out: Path | None) -> None:
+    """An --out that cannot be written fails before anything is read (exit 2, nothing left behind)."""
+    if out is not None:
+        from geneval.runner.output import check_output_file
+
+        check_output_file(out, "--out")
+
+
+def _format(fmt: str | None, out: Path | None, allowed: tuple[str, ...]) -> str:
     if fmt is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
         fmt = {"markdown": "md", "htm": "html"}.get(suffix, suffix) if suffix in allowed + ("markdown", "htm") else "md"
@@ -34,9 +41,9 @@ def _format(fmt: Optional[str], out: Optional[Path], allowed: tuple[str, ...]) -
 
 
 def report(
-    runs: List[Path] = typer.Argument(..., help="Results files (.json/.csv/.jsonl) or run directories holding results.json."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="md, csv, json or html (default: from --out's suffix, else md)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
+    runs: list[Path] = typer.Argument(..., help="Results files (.json/.csv/.jsonl) or run directories holding results.json."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="md, csv, json or html (default: from --out's suffix, else md)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
     allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show numbers measured under different N/mode/weights/reference, flagged, instead of refusing."),
     title: str = typer.Option("geneval report", "--title", help="Heading of the md/html report."),
 ) -> None:
@@ -47,6 +54,7 @@ def report(
     from geneval.report.compare import load_runs
     from geneval.report.tables import FORMATS, build_comparison, render
 
+    _check_out(out)
     fmt = _format(fmt, out, FORMATS)
     loaded = load_runs(runs)
     cmp = build_comparison(loaded, allow_incomparable=allow_incomparable)
@@ -58,16 +66,22 @@ def compare(
     a: Path = typer.Argument(..., help="Run A (the reference): a results file or run directory."),
     b: Path = typer.Argument(..., help="Run B (compared with A)."),
     z: float = typer.Option(3.0, "--z", min=0.0, help="Changes within z·σ of the difference count as noise (when stds are recorded)."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="md or json (default md)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
+    fmt: str | None = typer.Option(None, "--format", "-f", help="md or json (default md)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of stdout."),
     allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show deltas of incomparable metrics flagged instead of refusing."),
 ) -> None:
     """Per-metric deltas of B against A, with direction (better/worse) from the metric registry.
 
     Example: geneval compare reports/baseline-run reports/new-run
     """
-    from geneval.report.compare import compare_runs, deltas_json, deltas_markdown, load_runs
+    from geneval.report.compare import (
+        compare_runs,
+        deltas_json,
+        deltas_markdown,
+        load_runs,
+    )
 
+    _check_out(out)
     fmt = _format(fmt, out, ("md", "json"))
     ra, rb = load_runs([a]), load_runs([b])
     for name, rs, path in (("A", ra, a), ("B", rb, b)):
@@ -79,9 +93,9 @@ def compare(
 
 
 def gate(
-    results: List[Path] = typer.Argument(..., help="Results files or run directories (several = seed repeats, averaged)."),
+    results: list[Path] = typer.Argument(..., help="Results files or run directories (several = seed repeats, averaged)."),
     baseline: Path = typer.Option(..., "--baseline", "-b", help="Baseline results JSON (written by --update-baseline)."),
-    tolerance: Optional[str] = typer.Option(None, "--tolerance", "-t", help="Per-metric tolerance: fid=0.5,is=2% (% = of the baseline value; * = every metric)."),
+    tolerance: str | None = typer.Option(None, "--tolerance", "-t", help="Per-metric tolerance: fid=0.5,is=2% (% = of the baseline value; * = every metric)."),
     z: float = typer.Option(3.0, "--z", min=0.0, help="Noise band width in standard deviations."),
     update_baseline: bool = typer.Option(False, "--update-baseline", help="Write RESULTS (one run, or the mean ± spread of seed repeats) as the new baseline instead of gating."),
 ) -> None:
@@ -90,7 +104,12 @@ def gate(
     Example: geneval gate reports/pr-run/results.json --baseline ci/baseline.json --tolerance fid=0.5,is=2%
     """
     from geneval.report.compare import load_runs
-    from geneval.report.gate import make_baseline, parse_tolerances, run_gate, verdict_markdown
+    from geneval.report.gate import (
+        make_baseline,
+        parse_tolerances,
+        run_gate,
+        verdict_markdown,
+    )
     from geneval.results import ResultSet, read_results, write_results
 
     tols = parse_tolerances(tolerance)

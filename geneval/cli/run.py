@@ -5,25 +5,27 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
+from geneval import vocab
 from geneval.errors import GenevalError
 
 _MODEL = typer.Option(None, "--model", "-m", help="Checkpoint: native folder/.safetensors, guided-diffusion .pt (with --preset) or diffusers folder. Omit to run the offline demo.")
 _PRESET = typer.Option(None, "--preset", help="Architecture preset for guided-diffusion .pt files.")
 _REF = typer.Option(None, "--ref", "-r", help="Reference: images, ADM reference batch or stats .npz. Default with the demo: shipped Fashion-MNIST test statistics.")
-_N = typer.Option(None, "--n", "-n", min=1, help="Number of samples (default 50000; the demo without --model: 500).")
-_SAMPLER = typer.Option(None, "--sampler", help="ddim, ddpm, dpmpp_2m, euler or heun (default ddim).")
-_CONV = typer.Option(None, "--convention", help="CFG convention: w (eps=(1+w)eps_c-w*eps_u, w=0 unguided) or s (eps=eps_u+s(eps_c-eps_u), s=1 unguided).")
+_N = typer.Option(None, "--num-samples", "--n", "-n", min=1, help="Number of samples (default 50000; the demo without --model: 500). Under torchrun spell it --num-samples.")
+_SAMPLER = typer.Option(None, "--sampler", help=f"Sampler: {vocab.choices_help('sampler')} (default ddim).")
+_CONV = typer.Option(None, "--convention", help=f"CFG convention: {vocab.choices_help('convention')}.")
 _CLF = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance ('demo' = the shipped demo classifier).")
 _CLF_SCALE = typer.Option(None, "--classifier-scale", min=0.0, help="Classifier guidance scale s (0 = off).")
 _SEED = typer.Option(None, "--seed", help="Base seed: sample i uses seed + i (batch-size independent).")
 _BS = typer.Option(None, "--batch-size", min=1, help="Samples per sampler/feature batch.")
 _DEVICE = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu).")
-_MODE = typer.Option(None, "--mode", help="Feature preprocessing: tf (ADM reference, default), pytorch or clean.")
-_PREC = typer.Option(None, "--precision", help="Feature precision: exact (default), tf32 or fast.")
+_MODE = typer.Option(None, "--mode", help=f"Feature preprocessing: {vocab.choices_help('mode')}; default tf.")
+_PREC = typer.Option(None, "--precision", help=f"Feature precision: {vocab.choices_help('precision')}; default exact.")
+_SHARD = typer.Option(None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size.")
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
 _CONFIG = typer.Option(None, "--config", help="TOML file with run settings (keys = the long option names with _); flags override it.")
@@ -34,7 +36,7 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
-def _resolve(config: Optional[Path], flags: dict[str, Any]):
+def _resolve(config: Path | None, flags: dict[str, Any]):
     """Defaults (demo defaults without a model) ← TOML ← flags."""
     from geneval import zoo
     from geneval.config import load_toml, resolve_run_config
@@ -69,27 +71,28 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run")
     def run_cmd(
-        model: Optional[str] = _MODEL,
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of metrics/groups: fid, sfid, is, kid, pr, dc (default fid; demo: fid,pr)."),
-        ref: Optional[str] = _REF,
-        n: Optional[int] = _N,
-        sampler: Optional[str] = _SAMPLER,
-        steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampling steps (default 25)."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale in --convention (omit: no CFG)."),
-        convention: Optional[str] = _CONV,
-        classifier: Optional[str] = _CLF,
-        classifier_scale: Optional[float] = _CLF_SCALE,
-        seed: Optional[int] = _SEED,
-        batch_size: Optional[int] = _BS,
-        device: Optional[str] = _DEVICE,
-        mode: Optional[str] = _MODE,
-        precision: Optional[str] = _PREC,
-        save_samples: Optional[str] = _SAVE,
-        out_dir: Optional[str] = _OUT,
-        run_id: Optional[str] = typer.Option(None, "--run-id", help="Report folder name (default: run-<time>-<random>)."),
-        preset: Optional[str] = _PRESET,
-        config: Optional[Path] = _CONFIG,
+        model: str | None = _MODEL,
+        metrics: str | None = typer.Option(None, "--metrics", help="Comma list of metrics/groups: fid, sfid, is, kid, pr, dc (default fid; demo: fid,pr)."),
+        ref: str | None = _REF,
+        n: int | None = _N,
+        sampler: str | None = _SAMPLER,
+        steps: int | None = typer.Option(None, "--steps", min=1, help="Sampling steps (default 25)."),
+        guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale in --convention (omit: no CFG)."),
+        convention: str | None = _CONV,
+        classifier: str | None = _CLF,
+        classifier_scale: float | None = _CLF_SCALE,
+        seed: int | None = _SEED,
+        batch_size: int | None = _BS,
+        device: str | None = _DEVICE,
+        mode: str | None = _MODE,
+        precision: str | None = _PREC,
+        save_samples: str | None = _SAVE,
+        out_dir: str | None = _OUT,
+        run_id: str | None = typer.Option(None, "--run-id", help="Report folder name (default: run-<time>-<random>)."),
+        preset: str | None = _PRESET,
+        config: Path | None = _CONFIG,
         progress: bool = _PROGRESS,
+        shard_size: int | None = _SHARD,
     ) -> None:
         """Sample from a checkpoint and score the samples in one streaming pass.
 
@@ -97,43 +100,48 @@ def register(app: typer.Typer) -> None:
         Without --model it runs the offline demo (trained Fashion-MNIST UNet vs the shipped
         Fashion-MNIST test statistics) at a small N that finishes in minutes on a CPU.
 
-        Example: geneval run --model ckpt/ --metrics fid,pr --ref ref.npz --n 50000 --steps 25 --guidance 1.5 --convention w
+        Example: geneval run --model ckpt/ --metrics fid,pr --ref ref.npz --num-samples 50000 --steps 25 --guidance 1.5 --convention w
+
+        Many GPUs: torchrun --standalone --nproc-per-node 8 -m geneval run --model ckpt/ --num-samples 50000 ...
         """
         from geneval.pipeline import run_config
+        from geneval.runner import distributed
 
         _setup_logging()
+        distributed.init(device)
         cfg = _resolve(config, dict(model=model, metrics=metrics, ref=ref, n=n, sampler=sampler, steps=steps,
                                     guidance=guidance, convention=convention, classifier=classifier,
                                     classifier_scale=classifier_scale, seed=seed, batch_size=batch_size, device=device,
                                     mode=mode, precision=precision, save_samples=save_samples, out_dir=out_dir,
-                                    run_id=run_id, preset=preset, progress=progress))
-        if cfg.model is None:
+                                    run_id=run_id, preset=preset, progress=progress, shard_size=shard_size))
+        if cfg.model is None and distributed.current().is_main:
             print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler} {cfg.steps} steps)", file=sys.stderr)
         rs = run_config(cfg)
-        _print_results(rs, "report")
+        if rs is not None:  # rank 0 reports; the other ranks only computed
+            _print_results(rs, "report")
 
     @app.command("sweep")
     def sweep_cmd(
-        model: Optional[str] = _MODEL,
-        guidance: Optional[str] = typer.Option(None, "--guidance", help="Comma list of CFG scales to sweep, e.g. 0,0.5,1,2,4 (in --convention)."),
-        steps: Optional[str] = typer.Option(None, "--steps", help="Comma list of step counts to sweep (e.g. 10,25,50), or one count when sweeping guidance."),
-        fixed_guidance: Optional[float] = typer.Option(None, "--at-guidance", help="When sweeping steps: the fixed CFG scale (omit: no CFG)."),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list of metrics/groups (default fid,pr)."),
-        ref: Optional[str] = _REF,
-        n: Optional[int] = _N,
-        sampler: Optional[str] = _SAMPLER,
-        convention: Optional[str] = _CONV,
-        classifier: Optional[str] = _CLF,
-        classifier_scale: Optional[float] = _CLF_SCALE,
-        seed: Optional[int] = _SEED,
-        batch_size: Optional[int] = _BS,
-        device: Optional[str] = _DEVICE,
-        mode: Optional[str] = _MODE,
-        precision: Optional[str] = _PREC,
-        out_dir: Optional[str] = _OUT,
-        sweep_id: Optional[str] = typer.Option(None, "--sweep-id", help="Sweep folder name (default: sweep-<time>-<random>)."),
-        preset: Optional[str] = _PRESET,
-        config: Optional[Path] = _CONFIG,
+        model: str | None = _MODEL,
+        guidance: str | None = typer.Option(None, "--guidance", help="Comma list of CFG scales to sweep, e.g. 0,0.5,1,2,4 (in --convention)."),
+        steps: str | None = typer.Option(None, "--steps", help="Comma list of step counts to sweep (e.g. 10,25,50), or one count when sweeping guidance."),
+        fixed_guidance: float | None = typer.Option(None, "--at-guidance", help="When sweeping steps: the fixed CFG scale (omit: no CFG)."),
+        metrics: str | None = typer.Option(None, "--metrics", help="Comma list of metrics/groups (default fid,pr)."),
+        ref: str | None = _REF,
+        n: int | None = _N,
+        sampler: str | None = _SAMPLER,
+        convention: str | None = _CONV,
+        classifier: str | None = _CLF,
+        classifier_scale: float | None = _CLF_SCALE,
+        seed: int | None = _SEED,
+        batch_size: int | None = _BS,
+        device: str | None = _DEVICE,
+        mode: str | None = _MODE,
+        precision: str | None = _PREC,
+        out_dir: str | None = _OUT,
+        sweep_id: str | None = typer.Option(None, "--sweep-id", help="Sweep folder name (default: sweep-<time>-<random>)."),
+        preset: str | None = _PRESET,
+        config: Path | None = _CONFIG,
         progress: bool = _PROGRESS,
     ) -> None:
         """Run once per guidance scale (or step count) and draw tradeoff plots (PNG + SVG).

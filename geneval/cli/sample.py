@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 
+from geneval import vocab
 from geneval.errors import GenevalError
 
 _HELP = """Sample N images from a diffusion checkpoint into an ADM sample batch (.npz).
@@ -37,28 +37,32 @@ def register(app: typer.Typer) -> None:
     def sample_cmd(
         model: str = typer.Option(..., "--model", "-m", help="Checkpoint: native .safetensors/folder, guided-diffusion .pt (with --preset) or diffusers folder."),
         out: str = typer.Option(..., "--out", "-o", help="Output .npz (ADM sample batch)."),
-        n: int = typer.Option(..., "--n", "-n", help="Number of samples."),
-        sampler: str = typer.Option("ddim", "--sampler", help="ddpm, ddim, dpmpp_2m, euler or heun."),
+        n: int = typer.Option(..., "--num-samples", "--n", "-n", min=1, help="Number of samples (under torchrun spell it --num-samples)."),
+        sampler: str = typer.Option("ddim", "--sampler", help=f"Sampler: {vocab.choices_help('sampler')}."),
         steps: int = typer.Option(25, "--steps", help="Sampling steps (ddpm/ddim: respacing count)."),
-        respacing: Optional[str] = typer.Option(None, "--respacing", help="Explicit guided-diffusion respacing: '250', 'ddim25' or '10,20,30' (default from --sampler/--steps)."),
+        respacing: str | None = typer.Option(None, "--respacing", help="Explicit guided-diffusion respacing: '250', 'ddim25' or '10,20,30' (default from --sampler/--steps)."),
         eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic)."),
-        guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance value in --convention (omit: none)."),
-        convention: str = typer.Option("w", "--convention", help="CFG convention: w (eps=(1+w)eps_c-w*eps_u) or s (eps=eps_u+s(eps_c-eps_u)); s = 1 + w."),
-        classifier: Optional[str] = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance."),
+        guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance value in --convention (omit: none)."),
+        convention: str = typer.Option("w", "--convention", help=f"CFG convention: {vocab.choices_help('convention')}; s = 1 + w."),
+        classifier: str | None = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance."),
         classifier_scale: float = typer.Option(0.0, "--classifier-scale", help="Classifier guidance scale (0 = off)."),
-        preset: Optional[str] = typer.Option(None, "--preset", help="Architecture preset for a guided-diffusion .pt (adm-64, adm-128, adm-256, adm-256-uncond, iddpm-cifar10)."),
-        classifier_preset: Optional[str] = typer.Option(None, "--classifier-preset", help="Preset for a guided-diffusion classifier .pt (adm-classifier-64/128/256)."),
-        classes: Optional[int] = typer.Option(None, "--class", help="Sample only this class (default: uniform random labels from --seed)."),
+        preset: str | None = typer.Option(None, "--preset", help="Architecture preset for a guided-diffusion .pt (adm-64, adm-128, adm-256, adm-256-uncond, iddpm-cifar10)."),
+        classifier_preset: str | None = typer.Option(None, "--classifier-preset", help="Preset for a guided-diffusion classifier .pt (adm-classifier-64/128/256)."),
+        classes: int | None = typer.Option(None, "--class", help="Sample only this class (default: uniform random labels from --seed)."),
         seed: int = typer.Option(0, "--seed", help="Base seed: sample i uses seed + i."),
         batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch (does not change the samples)."),
         shard_size: int = typer.Option(1024, "--shard-size", help="Samples per resumable shard."),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
+        device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for the networks (CUDA)."),
-        quantize: str = typer.Option("truncate", "--quantize", help="truncate (ADM: ((x+1)*127.5).clamp(0,255)) or round (EDM: x*127.5+128)."),
+        quantize: str = typer.Option("truncate", "--quantize", help=f"{vocab.choices_help('quantize')}."),
         align: int = typer.Option(8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:
-        from geneval.sampling.generate import SamplingConfig, check_models, sample_to_npz
+        from geneval.sampling.generate import (
+            SamplingConfig,
+            check_models,
+            sample_to_npz,
+        )
 
         cfg = SamplingConfig(n=n, sampler=sampler, steps=steps, respacing=respacing, eta=eta, guidance=guidance,
                              convention=convention, classifier_scale=classifier_scale, seed=seed, quantize=quantize,
@@ -68,21 +72,26 @@ def register(app: typer.Typer) -> None:
             raise GenevalError("--classifier-scale > 0 needs a noisy classifier: pass --classifier CKPT (and --classifier-preset for a .pt)")
         if batch_size < 1:
             raise GenevalError(f"--batch-size must be >= 1, got {batch_size}")
-        if not out.endswith(".npz"):
-            raise GenevalError(f"--out must end in .npz, got {out}")
         import torch
 
         from geneval.models.formats import load_model
+        from geneval.runner import distributed
+        from geneval.runner.output import check_output_file
 
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_output_file(out, "--out", (".npz",))  # before loading anything
+        dist = distributed.init(device)
+        dev = distributed.device_for(dist, device)
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise GenevalError(f"--device {dev} requested but CUDA is not available")
         m = load_model(model, preset=preset, device=dev)
         clf = load_model(classifier, preset=classifier_preset, device=dev) if classifier else None
         check_models(m, cfg, clf if classifier_scale > 0 else None)
-        print(f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr)
+        if dist.is_main:
+            print(f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr)
         record = sample_to_npz(m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size,
                                device=dev, progress=progress)
+        if not dist.is_main:
+            return
         summary = {"out": out, "n": n, "sampler": cfg.sampler, "steps": cfg.steps, "respacing": cfg.resolved_respacing(),
                    "guidance": guidance, "convention": convention if guidance is not None else None,
                    "classifier_scale": classifier_scale, "seed": seed, "resumed_shards": record["resumed_shards"],

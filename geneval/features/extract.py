@@ -24,9 +24,9 @@ import torch
 from geneval.errors import GenevalError
 from geneval.features.inception import FEATURES_NAME, TFInception, build_inception
 from geneval.features.resize import MODES, preprocess, to_nchw_uint8
+from geneval.vocab import PRECISIONS
 from geneval.weights import ResolvedWeights, resolve_inception
 
-PRECISIONS = ("exact", "tf32", "fast")
 DEFAULT_BATCH_SIZE = 64
 
 # Built models keyed by (weights file, hash, device, fast): building costs ~1 s (compiling far

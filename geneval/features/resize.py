@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from geneval.errors import GenevalError
+from geneval.vocab import MODES
 
-MODES = ("tf", "pytorch", "clean")
 SIZE = 299
 
 

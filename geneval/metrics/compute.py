@@ -14,7 +14,7 @@ from geneval.metrics.fid import frechet_distance
 from geneval.metrics.inception_score import inception_score
 from geneval.metrics.kid import kernel_inception_distance, resolve_subset_size
 from geneval.metrics.prdc import density_coverage, precision_recall
-from geneval.metrics.registry import expand_metrics, get_metric
+from geneval.metrics.registry import MetricSpec, expand_metrics, get_metric, register
 from geneval.metrics.stats import GaussianStats
 
 _LAYERS = ("pool3", "spatial", "logits")
@@ -242,16 +242,60 @@ def _dc(ctx: _Context, name: str) -> MetricValue:
     return MetricValue(name, dens if name == "density" else cov, None, _rows(x), extra)
 
 
-COMPUTERS: dict[str, Callable[[_Context], MetricValue]] = {
-    "fid": _fid,
-    "sfid": _sfid,
-    "is": _is,
-    "kid": _kid,
-    "precision": lambda ctx: _pr(ctx, "precision"),
-    "recall": lambda ctx: _pr(ctx, "recall"),
-    "density": lambda ctx: _dc(ctx, "density"),
-    "coverage": lambda ctx: _dc(ctx, "coverage"),
-}
+def _k_plus_one(attr: str) -> Callable[[MetricOptions], int]:
+    return lambda o: getattr(o, attr) + 1
+
+
+_INCEPTION = ("inception",)
+# The feature metrics of the ADM / torch-fidelity recipes (REFERENCE §2): the registry entry is
+# the compute table (function, features, weights, minimum N).
+for _spec in (
+    MetricSpec("fid", False, ("pool3",), True, "fid", "Frechet distance of TF-Inception pool3 (2048-d) Gaussians",
+               stats_suffice=True, compute=_fid, weights=_INCEPTION),
+    MetricSpec("sfid", False, ("spatial",), True, "sfid",
+               "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)", stats_suffice=True,
+               compute=_sfid, weights=_INCEPTION),
+    MetricSpec("is", True, ("logits",), False, "is", "Inception Score: exp E KL(p(y|x) || p(y)) over 1008 unbiased logits",
+               compute=_is, weights=("inception-logits",)),
+    MetricSpec("kid", False, ("pool3",), True, "kid",
+               "Kernel Inception Distance: unbiased MMD^2, cubic polynomial kernel, subsets", compute=_kid,
+               weights=_INCEPTION),
+    MetricSpec("precision", True, ("pool3",), True, "pr",
+               "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)",
+               compute=lambda ctx: _pr(ctx, "precision"), min_n=_k_plus_one("pr_k"), weights=_INCEPTION),
+    MetricSpec("recall", True, ("pool3",), True, "pr", "Share of reference points inside the sample k-NN manifold",
+               compute=lambda ctx: _pr(ctx, "recall"), min_n=_k_plus_one("pr_k"), weights=_INCEPTION),
+    MetricSpec("density", True, ("pool3",), True, "dc",
+               "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)",
+               compute=lambda ctx: _dc(ctx, "density"), min_n=_k_plus_one("dc_k"), weights=_INCEPTION),
+    MetricSpec("coverage", True, ("pool3",), True, "dc", "Share of reference points whose k-NN ball holds a sample",
+               compute=lambda ctx: _dc(ctx, "coverage"), min_n=_k_plus_one("dc_k"), weights=_INCEPTION),
+):
+    register(_spec)
+del _spec
+
+
+def feature_metrics() -> list[str]:
+    """Names of the registered metrics computed from features (what `eval` and `run` can compute)."""
+    from geneval.metrics.registry import METRICS, groups
+
+    groups()  # loads every plugin module
+    return [name for name, spec in METRICS.items() if spec.compute is not None]
+
+
+def check_computable(names: Iterable[str], command: str) -> None:
+    """Raise a one-line GenevalError, before any work, for metrics `command` cannot compute from features.
+
+    Args:
+        names: expanded metric names.
+        command: the command asking ("run", "eval"), for the message.
+    """
+    bad = [n for n in names if get_metric(n).compute is None]
+    if bad:
+        raise GenevalError(
+            f"{', '.join(bad)} cannot be computed by `geneval {command}` (needs pixels or image pairs: use `geneval recon`); "
+            f"feature metrics: {', '.join(feature_metrics())}"
+        )
 
 
 def compute_metrics(
@@ -270,19 +314,16 @@ def compute_metrics(
     """
     options = options or MetricOptions()
     wanted = expand_metrics(names)
+    check_computable(wanted, "eval")
     for name in wanted:
         spec = get_metric(name)
-        if name not in COMPUTERS:
-            raise GenevalError(
-                f"metric {name!r} is not computed from Inception features; feature metrics: {', '.join(COMPUTERS)}"
-            )
         if spec.needs_ref and ref is None:
             raise GenevalError(f"{name} compares against a reference set, but no reference was given")
     if samples.n is not None and samples.n < 2:
         raise GenevalError(f"metrics need at least 2 samples, got {samples.n}")
     ctx = _Context(samples, ref, options)
     with torch.no_grad():
-        return [COMPUTERS[name](ctx) for name in wanted]
+        return [get_metric(name).compute(ctx) for name in wanted]
 
 
 def stats_from_npz_arrays(arrays: dict[str, np.ndarray]) -> tuple[GaussianStats | None, GaussianStats | None]:

@@ -19,8 +19,7 @@ from scipy.special import log_softmax, xlogy
 
 from geneval.errors import GenevalError
 from geneval.metrics.stats import as_feature_matrix
-
-CONVENTIONS = ("adm", "torch-fidelity")
+from geneval.vocab import IS_CONVENTIONS as CONVENTIONS
 
 
 def split_bounds(n: int, convention: str, splits: int = 10, chunk_size: int = 5000) -> list[tuple[int, int]]:

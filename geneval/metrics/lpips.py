@@ -210,7 +210,7 @@ def lpips_diversity(images: np.ndarray, labels: np.ndarray | None, model: nn.Mod
         start += len(p)
     means = np.array(list(per_class.values()))
     skipped = sorted(int(c) for c in np.unique(lab) if int(c) not in pairs)
-    return LpipsDiversity(float(means.mean()), float(means.std()), int(len(allp)), pairs_per_class, seed, net,
+    return LpipsDiversity(float(means.mean()), float(means.std()), len(allp), pairs_per_class, seed, net,
                           per_class, skipped)
 
 

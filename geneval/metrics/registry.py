@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 from geneval.errors import GenevalError
 
@@ -24,6 +25,13 @@ class MetricSpec:
         description: one line for `--help` and reports.
         stats_suffice: True when Gaussian statistics (mu, sigma) of the needed features are
             enough on both sides (FID, sFID), so a stats-only reference file can serve.
+        compute: the function that computes it from features (geneval.metrics.compute's context
+            → MetricValue); None for metrics that need pixels or image pairs (recon, LPIPS
+            diversity), which `eval`/`run` refuse in preflight.
+        min_n: the smallest N it is defined for: an int, or a function of MetricOptions (k-NN
+            metrics need k + 1 points).
+        weights: the weight files it needs, by geneval.weights name ("inception" — the trunk; IS
+            needs "inception-logits"), for the preflight's weight check.
     """
 
     name: str
@@ -33,13 +41,20 @@ class MetricSpec:
     group: str
     description: str
     stats_suffice: bool = False
+    compute: Callable[[Any], Any] | None = field(default=None, compare=False)
+    min_n: int | Callable[[Any], int] = field(default=2, compare=False)
+    weights: tuple[str, ...] = ()
+
+    def smallest_n(self, options: Any) -> int:
+        """min_n for these metric options."""
+        return self.min_n(options) if callable(self.min_n) else int(self.min_n)
 
 
 METRICS: dict[str, MetricSpec] = {}
 
 # Modules that register further metrics on import (pixel/code metrics of `geneval recon`,
 # LPIPS diversity). Lookups import them first, so every caller sees the same full registry.
-PLUGIN_MODULES = ("geneval.metrics.recon", "geneval.metrics.lpips")
+PLUGIN_MODULES = ("geneval.metrics.compute", "geneval.metrics.recon", "geneval.metrics.lpips")
 _plugins_loaded = False
 
 
@@ -132,27 +147,3 @@ def _known() -> str:
     if extra_groups:
         text += " (groups: " + ", ".join(extra_groups) + ")"
     return text
-
-
-# The feature-based metrics of the ADM / torch-fidelity recipes (REFERENCE §2).
-for _spec in (
-    MetricSpec("fid", False, ("pool3",), True, "fid",
-               "Frechet distance of TF-Inception pool3 (2048-d) Gaussians", stats_suffice=True),
-    MetricSpec("sfid", False, ("spatial",), True, "sfid",
-               "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)",
-               stats_suffice=True),
-    MetricSpec("is", True, ("logits",), False, "is",
-               "Inception Score: exp E KL(p(y|x) || p(y)) over 1008 unbiased logits"),
-    MetricSpec("kid", False, ("pool3",), True, "kid",
-               "Kernel Inception Distance: unbiased MMD^2, cubic polynomial kernel, subsets"),
-    MetricSpec("precision", True, ("pool3",), True, "pr",
-               "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)"),
-    MetricSpec("recall", True, ("pool3",), True, "pr",
-               "Share of reference points inside the sample k-NN manifold"),
-    MetricSpec("density", True, ("pool3",), True, "dc",
-               "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)"),
-    MetricSpec("coverage", True, ("pool3",), True, "dc",
-               "Share of reference points whose k-NN ball holds a sample"),
-):
-    register(_spec)
-del _spec

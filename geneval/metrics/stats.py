@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,6 +157,19 @@ class GaussianAccumulator:
         self._s1 += s1
         self._s2 += s2
         self.n += other.n
+        return self
+
+    def all_reduce(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> GaussianAccumulator:
+        """Replace n and the sums by their totals over processes (in place); every process must share the shift.
+
+        Args:
+            reduce_sum: sums a float64 tensor over processes (e.g. torch.distributed all_reduce).
+        """
+        if self._shift is None:
+            raise GenevalError("all_reduce needs a shift shared by every process (pass shift=...)")
+        self.n = int(reduce_sum(torch.tensor([float(self.n)], dtype=torch.float64, device=self.device)).item())
+        self._s1 = reduce_sum(self._s1)
+        self._s2 = reduce_sum(self._s2)
         return self
 
     def mean(self) -> np.ndarray:

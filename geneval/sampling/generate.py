@@ -8,31 +8,34 @@ fixed chunk layout, so outputs are bit-identical for any batch size on CPU.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import dataclasses
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from geneval.errors import GenevalError
 from geneval.sampling.aligned import aligned_call
-from geneval.sampling.guidance import CONVENTIONS, cfg_model_fn, cfg_scale, classifier_cond_fn
+from geneval.sampling.guidance import (
+    CONVENTIONS,
+    cfg_model_fn,
+    cfg_scale,
+    classifier_cond_fn,
+)
 from geneval.sampling.noise import NoiseSource
 from geneval.sampling.samplers import get_sampler
 from geneval.sampling.schedules import make_schedule
+from geneval.vocab import QUANTISATIONS
 
-QUANTISATIONS = {
-    "truncate": "adm-truncate: ((x+1)*127.5).clamp(0,255).to(uint8)",
-    "round": "edm-round: (x*127.5+128).clamp(0,255).to(uint8)",
-}
 QUANTISATION = QUANTISATIONS["truncate"]  # the default rule, recorded with every sample set
 
 
@@ -219,10 +222,21 @@ def sample(
     check_models(model, cfg, classifier if cfg.classifier_scale > 0 else None)
     if batch_size < 1:
         raise GenevalError(f"batch size must be >= 1, got {batch_size}")
-    return _generate(model, cfg, classes, classifier, start, start + n, batch_size, device, progress)
+    return generate_range(model, cfg, classes, classifier, start, start + n, batch_size, device, progress)
 
 
-def _generate(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device, progress: bool) -> Iterator[SampleBatch]:
+def generate_range(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device,
+                   progress: bool = False) -> Iterator[SampleBatch]:
+    """Samples lo..hi−1 of a checked (model, cfg) pair, in batches; sample i depends only on (cfg, i).
+
+    Args:
+        model, cfg, classifier: as in `sample` (already validated).
+        classes: None, one class, or the hi−lo labels of this range.
+        lo, hi: global index range.
+        batch_size: samples per batch.
+        device: where to run (None: the model's device).
+        progress: tqdm bar on stderr.
+    """
     device = torch.device(device) if device is not None else next(model.net.parameters()).device
     model.net.to(device)
     use_clf = classifier is not None and cfg.classifier_scale > 0
@@ -270,17 +284,6 @@ def _generate(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int,
 # ---------------------------------------------------------------- resumable npz output
 
 
-def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sample_to_npz(
     model: Any,
     out: str | os.PathLike,
@@ -293,11 +296,14 @@ def sample_to_npz(
     progress: bool = False,
     keep_shards: bool = False,
 ) -> dict[str, Any]:
-    """Write an ADM sample batch (arr_0 uint8 NHWC, arr_1 labels) plus a sidecar `<out>.json`.
+    """Write an ADM sample batch (arr_0 uint8 N×H×W×3, arr_1 labels) plus a sidecar `<out>.json`.
 
-    Samples go to `<out>.shards/shard_NNNNN.npz` first (each written atomically); a rerun with
-    the same model and config skips finished shards, so an interrupted run resumes and produces
-    the same file. The final npz and sidecar are written atomically; returns the sidecar record.
+    Samples go to resumable shards under `<out>.shards/<key>/` first (each written atomically;
+    under torchrun each rank writes the shards it owns); a rerun with the same model and config,
+    at any world size, skips finished shards. Rank 0 then streams the shards, in index order,
+    into the final npz: memory is one shard, whatever N is. arr_0 is always RGB (grayscale
+    models are repeated to 3 channels, as ADM's evaluator expects), the same rule as
+    `run --save-samples`. Returns the sidecar record.
 
     Args:
         model: LoadedModel; classifier: LoadedModel or None; classes: see `sample`.
@@ -307,6 +313,12 @@ def sample_to_npz(
         device, progress: as in `sample`.
         keep_shards: keep the shard folder after the final file is written.
     """
+    from geneval import __version__
+    from geneval.runner import distributed
+    from geneval.runner.output import NpzStreamWriter, atomic_write_text
+    from geneval.runner.shards import ShardStore
+    from geneval.sources.reference import to_rgb
+
     config.validate()
     check_models(model, config, classifier if config.classifier_scale > 0 else None)
     out = Path(out)
@@ -314,52 +326,56 @@ def sample_to_npz(
         raise GenevalError(f"--out must end in .npz, got {out}")
     if shard_size < 1:
         raise GenevalError(f"shard size must be >= 1, got {shard_size}")
+    if classes is not None and not np.isscalar(classes) and len(classes) != config.n:
+        raise GenevalError(f"{len(classes)} class labels for {config.n} samples")
+    dist = distributed.current()
     record = {
         "format": "adm-sample-batch", "n": config.n, "sampling": config.to_dict(), "model": model.describe(),
         "classifier": classifier.describe() if classifier is not None and config.classifier_scale > 0 else None,
         "classes": None if classes is None else (int(classes) if np.isscalar(classes) else "explicit"),
-        "shard_size": shard_size, "quantisation": QUANTISATIONS[config.quantize],
+        "shard_size": shard_size, "quantisation": QUANTISATIONS[config.quantize], "channels": "rgb (arr_0 always N×H×W×3)",
     }
-    shard_dir = out.with_name(out.name + ".shards")
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    manifest = shard_dir / "manifest.json"
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old != json.loads(json.dumps(record)):
-            raise GenevalError(f"{shard_dir} holds shards from a different model or sampling config; remove it or choose another --out")
-    else:
-        from geneval.results import atomic_write_text
-
-        atomic_write_text(manifest, json.dumps(record, indent=2))
+    key = {"kind": "sample", "geneval": __version__, **json.loads(json.dumps(record, default=str)),
+           "labels_sha256": None if classes is None or np.isscalar(classes)
+           else hashlib.sha256(np.asarray(classes, np.int64).tobytes()).hexdigest()}
+    store = ShardStore(out.with_name(out.name + ".shards"), key, config.n, shard_size).open()
     t0 = time.perf_counter()
-    n_shards = (config.n + shard_size - 1) // shard_size
     resumed = 0
-    for k in range(n_shards):
-        path = shard_dir / f"shard_{k:05d}.npz"
-        lo, hi = k * shard_size, min((k + 1) * shard_size, config.n)
-        if path.exists():
+    for k in range(store.num_shards):
+        if not dist.owns(k):
+            continue
+        if store.done(k):
             resumed += 1
             continue
+        lo, hi = store.bounds(k)
         labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
-        batches = list(_generate(model, config, classes if labels_k is None else labels_k, classifier, lo, hi, batch_size, device, progress))
-        arrays = {"arr_0": np.concatenate([b.images for b in batches]), "indices": np.arange(lo, hi)}
-        if batches[0].labels is not None:
-            arrays["arr_1"] = np.concatenate([b.labels for b in batches])
-        _write_npz_atomic(path, arrays)
-    images, labels = [], []
-    for k in range(n_shards):
-        with np.load(shard_dir / f"shard_{k:05d}.npz") as z:
-            images.append(z["arr_0"])
-            if "arr_1" in z:
-                labels.append(z["arr_1"])
-    final = {"arr_0": np.concatenate(images)}
-    if labels:
-        final["arr_1"] = np.concatenate(labels)
-    record.update(shards=n_shards, resumed_shards=resumed, wall_s=round(time.perf_counter() - t0, 3))
-    _write_npz_atomic(out, final)
-    from geneval.results import atomic_write_text
-
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
-    if not keep_shards:
-        shutil.rmtree(shard_dir, ignore_errors=True)
+        images, labels = [], []
+        for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi,
+                                batch_size, device, progress and dist.is_main):
+            images.append(to_rgb(b.images))
+            if b.labels is not None:
+                labels.append(b.labels)
+        arrays = {"images": np.concatenate(images), "indices": np.arange(lo, hi)}
+        if labels:
+            arrays["labels"] = np.concatenate(labels)
+        store.save(k, arrays)
+    distributed.barrier(dist)
+    record.update(shards=store.num_shards, world_size=dist.world)
+    if dist.is_main:
+        writer = NpzStreamWriter(out, config.n)
+        try:
+            for k in range(store.num_shards):
+                arrays, _ = store.load(k, {"images", "labels"})
+                writer.add(arrays["images"], arrays.get("labels"))
+            writer.close()
+        except BaseException:
+            writer.discard()
+            raise
+    total_resumed = distributed.all_reduce_sum(dist, torch.tensor([float(resumed)], dtype=torch.float64))
+    record.update(resumed_shards=int(total_resumed.item()), wall_s=round(time.perf_counter() - t0, 3))
+    if dist.is_main:
+        atomic_write_text(out.with_name(out.name + ".json"), json.dumps(record, indent=2) + "\n")
+        if not keep_shards:
+            shutil.rmtree(out.with_name(out.name + ".shards"), ignore_errors=True)
+    distributed.barrier(dist)
     return record

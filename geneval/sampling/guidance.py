@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from geneval.errors import GenevalError
 
 NetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-CONVENTIONS = ("w", "s")
+from geneval.vocab import CONVENTIONS
 
 
 def cfg_scale(guidance: float, convention: str) -> float:
