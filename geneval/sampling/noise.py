@@ -35,6 +35,11 @@ class NoiseSource:
         draws = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in self._gens]
         return torch.stack(draws).to(device=self.device, dtype=self.dtype, non_blocking=True)
 
+    def rand(self, shape: Sequence[int]) -> torch.Tensor:
+        """Next block of U[0, 1) draws, (len(seeds), *shape), one row from each sample's stream (discrete samplers)."""
+        draws = [torch.rand(tuple(shape), generator=g, dtype=torch.float32) for g in self._gens]
+        return torch.stack(draws).to(device=self.device, non_blocking=True)
+
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Next draw shaped like x (whose first dimension must equal the number of seeds)."""
         if x.shape[0] != len(self.seeds):
