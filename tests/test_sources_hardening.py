@@ -368,3 +368,21 @@ def test_meta_n_is_used_for_stats_files(tmp_path):
         geneval_meta=np.asarray(json.dumps({"n": 7})),
     )
     assert open_source(tmp_path / "s.npz").n == 7
+
+
+def test_undecodable_names_and_dangling_links_do_not_break_hash_or_summary(tmp_path):
+    _png(tmp_path / "ok.png")
+    (tmp_path / "missing.png").symlink_to(tmp_path / "gone.png")
+    bad = os.fsencode(tmp_path) + b"/\xff\xfe.png"
+    with open(bad, "wb") as f:
+        f.write(b"not an image")
+    src = open_source(tmp_path)
+    assert src.n == 3
+    h = src.content_hash()
+    assert len(h) == 64
+    assert _drain(src) == 1
+    line = src.report.summary()
+    line.encode("utf-8")  # printable: no lone surrogates left
+    assert "missing.png: cannot read" in line and "\ufffd\ufffd.png: not a recognised image format" in line
+    (tmp_path / "gone.png").write_bytes(b"now there")
+    assert open_source(tmp_path).content_hash() != h  # the link's target now counts

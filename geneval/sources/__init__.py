@@ -25,14 +25,12 @@ from geneval.sources.base import ReadReport, Source
 from geneval.sources.images import IMAGE_EXTENSIONS, FolderSource, ZipSource
 from geneval.sources.npz import NpzSource
 
-__all__ = ["open_source", "Source", "ReadReport", "ArraySource", "FolderSource", "ZipSource",
-           "NpzSource", "NpySource"]
+__all__ = ["open_source", "Source", "ReadReport", "ArraySource", "FolderSource", "ZipSource", "NpzSource", "NpySource"]
 
 _SLICE = re.compile(r"^(?P<name>[^\[\]]+)\[(?P<start>\d*):(?P<stop>\d*)\]$")
 
 
-def open_source(spec: Any, *, labels: Any = None, layout: str = "auto",
-                float_range: str | None = None) -> Source:
+def open_source(spec: Any, *, labels: Any = None, layout: str = "auto", float_range: str | None = None) -> Source:
     """Open images or statistics for evaluation without decoding anything yet.
 
     Args:

@@ -65,6 +65,8 @@ class ReadReport:
 
     def reject(self, item: str, reason: str) -> None:
         reason = _OBJECT_REPR.sub("the file", str(reason))
+        # Undecodable file names (surrogate escapes) would break printing the summary.
+        item = item.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         self.rejected.append((item, " ".join(reason.split())))
 
     def summary(self, what: str = "images", max_reasons: int = 3) -> str:

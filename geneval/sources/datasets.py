@@ -25,8 +25,16 @@ FASHION_MNIST_DIRS = (
     "/usr/share/datasets/fashion-mnist",
 )
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 SKIMAGE_COLOR_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "retina", "immunohistochemistry")
 

@@ -305,8 +305,12 @@ class FolderSource(_FileImages):
         # Names and bytes both count: a renamed file reorders the stream.
         h = hashlib.sha256(b"geneval-folder-v1")
         for name in self.names:
-            h.update(name.encode() + b"\0")
-            h.update(hash_file(self.path / name).digest())
+            # Linux file names are bytes; undecodable ones come back as surrogate escapes.
+            h.update(name.encode("utf-8", "surrogateescape") + b"\0")
+            try:
+                h.update(hash_file(self.path / name).digest())
+            except GenevalError:  # unreadable (dangling link, permissions): streaming rejects it too
+                h.update(b"\0unreadable\0")
         return h.hexdigest()
 
     def describe(self) -> str:

@@ -86,9 +86,14 @@ class ImageSpool:
         Path(self.path).unlink(missing_ok=True)
 
 
-def write_reference(out: str | os.PathLike, stats: dict[str, tuple[np.ndarray, np.ndarray]],
-                    meta: dict[str, Any], *, images: ImageSpool | None = None,
-                    pool3: np.ndarray | None = None) -> Path:
+def write_reference(
+    out: str | os.PathLike,
+    stats: dict[str, tuple[np.ndarray, np.ndarray]],
+    meta: dict[str, Any],
+    *,
+    images: ImageSpool | None = None,
+    pool3: np.ndarray | None = None,
+) -> Path:
     """Write an ADM-format reference batch (or a stats-only file) atomically.
 
     Args:
@@ -143,8 +148,7 @@ def _write_spooled(zf: zipfile.ZipFile, spool: ImageSpool) -> None:
     spool.close()
     if spool.shape is None or spool.n == 0:
         raise GenevalError("no images to store in the reference batch")
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-              "shape": (spool.n, *spool.shape)}
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (spool.n, *spool.shape)}
     with zf.open("arr_0.npy", "w", force_zip64=True) as f:
         np.lib.format.write_array_header_1_0(f, header)
         with open(spool.path, "rb") as raw:
