@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import tempfile
@@ -91,12 +90,10 @@ class LoadedModel:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Streaming sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Streaming sha256 of a file (geneval's one sha256 helper, memoised per path/size/mtime)."""
+    from geneval.runner.output import sha256_file
+
+    return sha256_file(path)
 
 
 def describe_state_dict(sd: dict[str, torch.Tensor]) -> str:
@@ -315,6 +312,10 @@ def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any], 
     if release is not None and (new_cfg != cfg or new_diffusion != diffusion):
         raise GenevalError(f"overrides {sorted(flags)} contradict the published {p.name} checkpoint {path.name} "
                            f"(matched by {release.matched_by}); rename the file if it is not that release")
+    first = sd.get("input_blocks.0.0.weight")
+    if kind == "unet" and first is not None and first.ndim == 4 and first.shape[1] == 2 * new_cfg.in_channels and not new_cfg.super_res:
+        raise GenevalError(f"{path.name} looks like a super-resolution model ({first.shape[1]} input channels: x_t and the low-res image) "
+                           f"but {what} is not one; use an upsampler preset or --model-flags with --large_size/--small_size")
     net = build_from_state_dict(cls, new_cfg, sd, what)
     info: dict[str, Any] = {"summary": p.summary if p else "architecture from --model-flags",
                             "preset": p.describe() if p else None, "release": release.to_dict() if release else None,
@@ -343,21 +344,35 @@ _DIFFUSERS_VAR = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small"
                   "fixed_large_log": "fixed_large", "learned_range": "learned_range"}
 
 
-def diffusion_from_scheduler_config(sc: dict[str, Any]) -> DiffusionConfig:
-    """Translate a diffusers scheduler_config.json into a DiffusionConfig."""
+def diffusion_from_scheduler_config(sc: dict[str, Any], convention_source: str = "model") -> DiffusionConfig:
+    """Translate a diffusers scheduler_config.json into a DiffusionConfig.
+
+    Args:
+        sc: the scheduler config dict.
+        convention_source: "model" also takes the scheduler's rescale_betas_zero_snr (its β are
+            part of its semantics); "adm" reads only β schedule, prediction and variance type. The
+            sampling-time fields (spacing, clipping, final ᾱ...) are applied by
+            geneval.sampling.conventions.SchedulerConvention.
+    """
+    if convention_source not in ("model", "adm"):
+        raise GenevalError(f"unknown convention source {convention_source!r}; known: model, adm")
     if sc.get("trained_betas") is not None:
         raise GenevalError("diffusers scheduler with trained_betas is not supported")
     sched = sc.get("beta_schedule", "linear")
     if sched not in _DIFFUSERS_SCHEDULES:
         raise GenevalError(f"diffusers beta_schedule {sched!r} not supported; known: {', '.join(_DIFFUSERS_SCHEDULES)}")
+    pred = sc.get("prediction_type", "epsilon")
+    if pred not in _DIFFUSERS_PRED:
+        raise GenevalError(f"diffusers prediction_type {pred!r} not supported; known: {', '.join(_DIFFUSERS_PRED)}")
     name = _DIFFUSERS_SCHEDULES[sched]
     explicit = name != "cosine"  # diffusers' linear is NOT rescaled by 1000/T, so pass its endpoints
     return DiffusionConfig(
         num_timesteps=int(sc.get("num_train_timesteps", 1000)), beta_schedule=name,
         beta_start=float(sc.get("beta_start", 1e-4)) if explicit else None,
         beta_end=float(sc.get("beta_end", 2e-2)) if explicit else None,
-        prediction_type=_DIFFUSERS_PRED.get(sc.get("prediction_type", "epsilon"), "eps"),
-        variance_type=_DIFFUSERS_VAR.get(sc.get("variance_type", "fixed_small"), "fixed_small"),
+        prediction_type=_DIFFUSERS_PRED[pred],
+        variance_type=_DIFFUSERS_VAR.get(sc.get("variance_type") or "fixed_small", "fixed_small"),
+        rescale_betas_zero_snr=bool(sc.get("rescale_betas_zero_snr", False)) and convention_source == "model",
     )
 
 
@@ -373,14 +388,20 @@ def _load_diffusers(path: Path, device, flags: dict[str, Any]) -> LoadedModel:
     ucfg = json.loads((unet_dir / "config.json").read_text())
     if ucfg.get("_class_name") != "UNet2DModel":
         raise GenevalError(f"{unet_dir}: only UNet2DModel is supported, found {ucfg.get('_class_name')}")
-    diffusion = _apply_flags(diffusion_from_scheduler_config(json.loads(sched_file.read_text())), flags, "diffusion")
+    flags = dict(flags)
+    source = flags.pop("convention_source", None) or "model"
+    sc = json.loads(sched_file.read_text())
+    diffusion = _apply_flags(diffusion_from_scheduler_config(sc, source), flags, "diffusion")
     unet = UNet2DModel.from_pretrained(str(unet_dir))
     if unet.config.out_channels == 2 * unet.config.in_channels and diffusion.variance_type != "learned_range":
         diffusion = dataclasses.replace(diffusion, variance_type="learned_range")
     wfile = next(iter(sorted(unet_dir.glob("diffusion_pytorch_model*.safetensors")) or sorted(unet_dir.glob("*.bin"))), None)
     n_cls = unet.config.num_class_embeds
+    # The scheduler config travels with the model: geneval.sampling.conventions.convention_for reads
+    # it, so the folder is sampled with its own scheduler's semantics unless the source is "adm".
+    info = {"scheduler_config": sc, "convention_source": source}
     return LoadedModel(_finish(DiffusersUNet(unet), device), dict(unet.config), diffusion, "unet", "diffusers", n_cls, None,
-                       None, str(path), file_sha256(wfile) if wfile else "", None, {})
+                       None, str(path), file_sha256(wfile) if wfile else "", None, info)
 
 
 # ---------------------------------------------------------------- entry point
