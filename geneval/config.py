@@ -32,7 +32,7 @@ class RunConfig:
         sampler: sampler name from the sampler registry (ddim, ddpm, ...).
         steps: number of sampling steps (respacing).
         guidance: classifier-free guidance scale in `convention`; None = no CFG.
-        convention: "w" (w=0 unguided) or "s" (s=1 unguided).
+        convention: "w" (w=0 unguided) or "s" (s=1 unguided); required with guidance, never assumed.
         classifier: noisy classifier checkpoint for classifier guidance; None = none.
         classifier_scale: classifier guidance scale s (0 = off).
         seed: base seed; sample i's noise depends only on (seed, i).
@@ -55,7 +55,7 @@ class RunConfig:
     sampler: str = "ddim"
     steps: int = 25
     guidance: float | None = None
-    convention: str = "w"
+    convention: str | None = None
     classifier: str | None = None
     classifier_scale: float = 0.0
     seed: int = 0
@@ -78,7 +78,13 @@ class RunConfig:
             raise GenevalError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.shard_size < 1:
             raise GenevalError(f"shard_size must be >= 1, got {self.shard_size}")
-        vocab.check("convention", self.convention)
+        if self.convention is not None:
+            vocab.check("convention", self.convention)
+        elif self.guidance is not None:
+            raise GenevalError(
+                f"--guidance {self.guidance:g} needs an explicit --convention: w (eps=(1+w)eps_c-w*eps_u, w=0 unguided) "
+                "or s (eps=eps_u+s(eps_c-eps_u), s=1 unguided)"
+            )
         vocab.check("mode", self.mode)
         vocab.check("precision", self.precision)
         if self.classifier_scale < 0:

@@ -59,6 +59,8 @@ class RunPlan:
         sampling: the geneval.sampling.generate.SamplingConfig derived from config.
         bias_warnings: metric → small-N warning.
         demo: True when the run uses the shipped demo model / reference.
+        generator: a latent / discrete / cascade generator (generate(indices, labels, cfg,
+            device) → uint8 NHWC); None for pixel-space UNets, which `model` samples.
     """
 
     config: RunConfig
@@ -71,6 +73,7 @@ class RunPlan:
     sampling: Any
     bias_warnings: dict[str, str] = field(default_factory=dict)
     demo: bool = False
+    generator: Any = None
 
 
 def _extract_config(cfg: RunConfig):
@@ -92,7 +95,7 @@ def sampling_config(cfg: RunConfig):
     from geneval.sampling.generate import SamplingConfig
 
     return SamplingConfig(n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                          convention=cfg.convention, classifier_scale=cfg.classifier_scale, seed=cfg.seed)
+                          convention=cfg.convention or "w", classifier_scale=cfg.classifier_scale, seed=cfg.seed)
 
 
 def _load(path: str, what: str, preset: str | None, device: str | None):
@@ -203,7 +206,7 @@ def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
 
 
 def run(model: str | None = None, metrics: str = "fid", ref: str | None = None, n: int = 50_000, sampler: str = "ddim",
-        steps: int = 25, guidance: float | None = None, convention: str = "w", classifier: str | None = None,
+        steps: int = 25, guidance: float | None = None, convention: str | None = None, classifier: str | None = None,
         classifier_scale: float = 0.0, seed: int = 0, batch_size: int = 250, device: str | None = None,
         mode: str = "tf", precision: str = "exact", save_samples: str | None = None, out_dir: str = "reports",
         run_id: str | None = None, progress: bool = True, preset: str | None = None) -> ResultSet:
@@ -303,8 +306,8 @@ def run_store(plan: RunPlan, extractor: Any, needs: Any, device: str):
     c = plan.config
     info = {k: v for k, v in extractor.info.items() if k not in ("device", "weights_path")}
     key = {
-        "kind": "run", "geneval": __version__, "model_sha256": plan.model.weights_sha256,
-        "model": plan.model.describe(), "classifier_sha256": None if plan.classifier is None else plan.classifier.weights_sha256,
+        "kind": "run", "geneval": __version__, "model_sha256": _model_sha(plan),
+        "model": model_info(plan), "classifier_sha256": None if plan.classifier is None else plan.classifier.weights_sha256,
         "sampling": plan.sampling.to_dict(), "batch_size": c.batch_size, "features": info,
         "device_type": torch.device(device).type, "keep_images": needs.keep_images,
     }
@@ -325,7 +328,7 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     from geneval.metrics.registry import get_metric
     from geneval.runner import distributed
     from geneval.runner.execute import Chunk, Needs, iter_shard_images, stream_features
-    from geneval.sampling.generate import generate_range
+    from geneval.sampling.generate import draw_labels, generate_range
 
     started = time.perf_counter() if started is None else started
     c = plan.config
@@ -344,8 +347,18 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     store = run_store(plan, extractor, needs, device).open()
 
     def produce(lo: int, hi: int):
-        for b in generate_range(plan.model, plan.sampling, None, plan.classifier, lo, hi, c.batch_size, device):
-            yield Chunk(b.images, b.labels, b.indices)
+        if plan.generator is None:  # pixel-space UNet (+ classifier): the sampler's own batching
+            for b in generate_range(plan.model, plan.sampling, None, plan.classifier, lo, hi, c.batch_size, device):
+                yield Chunk(b.images, b.labels, b.indices)
+            return
+        # Latent, discrete and cascade models: sample i depends only on (config, i), labels from `seed`.
+        labels = draw_labels(lo, hi, plan.generator.num_classes, plan.sampling.seed, None)
+        for b0 in range(lo, hi, c.batch_size):
+            idx = np.arange(b0, min(b0 + c.batch_size, hi))
+            y = None if labels is None else labels[idx - lo]
+            with torch.no_grad():
+                images = plan.generator.generate(idx, y, plan.sampling, torch.device(device))
+            yield Chunk(np.asarray(images), y, idx)
 
     streamed = stream_features(store, produce, extractor.extract, needs, dist, progress=c.progress,
                                desc=f"sampling+features (rank {dist.rank}/{dist.world})" if dist.active else "sampling+features")
@@ -409,6 +422,18 @@ def _write_outputs(plan: RunPlan, rs: ResultSet, grid: _GridKeeper, store: Any) 
         raise
 
 
+def model_info(plan: RunPlan) -> dict[str, Any]:
+    """Provenance of whatever makes the images: the UNet's describe(), or the generator's."""
+    return plan.generator.describe() if plan.generator is not None else plan.model.describe()
+
+
+def _model_sha(plan: RunPlan) -> str | None:
+    if plan.generator is not None:
+        info = plan.generator.describe()
+        return info.get("model_sha256") or info.get("weights_sha256") or info.get("sha256")
+    return plan.model.weights_sha256
+
+
 def _model_name(plan: RunPlan) -> str:
     return "demo-unet-fmnist" if plan.demo else str(plan.config.model)
 
@@ -425,7 +450,7 @@ def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
         "guidance_w": c.guidance_w,
         "classifier": c.classifier,
         "classifier_scale": c.classifier_scale if c.classifier else None,
-        "model_sha256": plan.model.weights_sha256,
+        "model_sha256": _model_sha(plan),
         "respacing": plan.sampling.resolved_respacing(),
         "quantisation": QUANTISATIONS[plan.sampling.quantize],
         "sample_s": round(timings["sample_s"], 3),
@@ -441,7 +466,7 @@ def _resolved_config(plan: RunPlan, ref_side: Any, timings: dict[str, float], wa
         "metrics_expanded": list(plan.metrics),
         "demo": plan.demo,
         "sampling": plan.sampling.to_dict(),
-        "model_info": plan.model.describe(),
+        "model_info": model_info(plan),
         "classifier_info": None if plan.classifier is None else plan.classifier.describe(),
         "ref_describe": None if ref_side is None else ref_side.describe,
         "ref_origin": None if ref_side is None else dict(ref_side.origin),
@@ -459,5 +484,5 @@ def _write_report(folder: Path, rs: ResultSet, grid: _GridKeeper, plan: RunPlan)
     atomic_write_text(folder / "config.json", json.dumps(rs.config, indent=2, default=str) + "\n")
     if grid.images:
         labels = np.asarray(grid.labels) if grid.labels else None
-        save_grid(folder / "grid.png", np.stack(grid.images), labels, class_names=plan.model.class_names,
+        save_grid(folder / "grid.png", np.stack(grid.images), labels, class_names=getattr(plan.model, "class_names", None),
                   per_class=GRID_PER_CLASS, max_images=GRID_MAX)

@@ -35,7 +35,7 @@ def test_cli_help_is_derived_from_the_vocabularies():
 
     runner = CliRunner()
     for cmd in (["run", "--help"], ["eval", "--help"], ["sample", "--help"]):
-        out = " ".join(runner.invoke(build_app(), cmd, terminal_width=400).output.split())
+        out = " ".join(runner.invoke(build_app(), cmd, env={"COLUMNS": "2000", "TERM": "dumb"}).output.split())
         for kind in ("precision", "mode"):
             if cmd[0] != "sample":
                 for name in getattr(vocab, {"precision": "PRECISIONS", "mode": "MODES"}[kind]):
@@ -195,7 +195,7 @@ def test_click_parameter_errors_are_one_line(capsys):
 
 def test_sample_to_npz_streams_shards_and_resumes(tmp_path, one_thread):
     """sample_to_npz used to concatenate every shard in RAM; now rank 0 streams shards into the file."""
-    from tests.test_pipeline import make_tiny_checkpoint
+    from test_pipeline import make_tiny_checkpoint
 
     from geneval.models.formats import load_model
     from geneval.runner.output import NpzStreamWriter

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_pipeline import make_tiny_checkpoint
+from test_pipeline import make_tiny_checkpoint
 
 N = 12
 REF = "fashion-mnist:test[0:16]"

@@ -62,7 +62,7 @@ def register(app: typer.Typer) -> None:
         metrics: str | None = typer.Option(None, "--metrics", help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
                                               "latent (latent_scale, latent_std, latent_mean), codebook (VQ). Default: "
                                               "psnr,ssim,rfid,latent[,codebook] — all offline."),
-        n: int = typer.Option(500, "--n", min=0, help="Images to use (0: all). rFID at small N is biased upward."),
+        n: int = typer.Option(500, "--num-samples", "--n", min=0, help="Images to use (0: all). rFID at small N is biased upward."),
         batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per batch."),
         device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the KL posterior sample behind the latent statistics."),

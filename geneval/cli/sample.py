@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         respacing: str | None = typer.Option(None, "--respacing", help="Explicit guided-diffusion respacing: '250', 'ddim25' or '10,20,30' (default from --sampler/--steps)."),
         eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic)."),
         guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance value in --convention (omit: none)."),
-        convention: str = typer.Option("w", "--convention", help=f"CFG convention: {vocab.choices_help('convention')}; s = 1 + w."),
+        convention: str | None = typer.Option(None, "--convention", help=f"CFG convention: {vocab.choices_help('convention')}; s = 1 + w."),
         classifier: str | None = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance."),
         classifier_scale: float = typer.Option(0.0, "--classifier-scale", help="Classifier guidance scale (0 = off)."),
         preset: str | None = typer.Option(None, "--preset", help="Architecture preset for a guided-diffusion .pt (adm-64, adm-128, adm-256, adm-256-uncond, iddpm-cifar10)."),
@@ -64,8 +64,10 @@ def register(app: typer.Typer) -> None:
             sample_to_npz,
         )
 
+        if guidance is not None and convention is None:
+            raise GenevalError(f"--guidance {guidance:g} needs an explicit --convention: {vocab.choices_help('convention')}")
         cfg = SamplingConfig(n=n, sampler=sampler, steps=steps, respacing=respacing, eta=eta, guidance=guidance,
-                             convention=convention, classifier_scale=classifier_scale, seed=seed, quantize=quantize,
+                             convention=convention or "w", classifier_scale=classifier_scale, seed=seed, quantize=quantize,
                              autocast_bf16=bf16, align=align)
         cfg.validate()  # sampler, steps, convention, quantisation: before loading anything
         if classifier_scale > 0 and classifier is None:

@@ -120,7 +120,7 @@ def device_for(dist: Dist, requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _comm_device(dist: Dist) -> torch.device:
+def comm_device(dist: Dist) -> torch.device:
     return torch.device(device_for(dist, None)) if dist.backend == "nccl" else torch.device("cpu")
 
 
@@ -171,7 +171,7 @@ def all_reduce_sum(dist: Dist, t: torch.Tensor) -> torch.Tensor:
         return t
     import torch.distributed as tdist
 
-    buf = t.to(_comm_device(dist)).contiguous()
+    buf = t.to(comm_device(dist)).contiguous()
     tdist.all_reduce(buf, op=tdist.ReduceOp.SUM)
     return buf.to(t.device)
 
@@ -201,7 +201,7 @@ def _gather_nccl(dist: Dist, parts: list[Any], index: np.ndarray, rows: np.ndarr
     """all_gather of variable-length row blocks through padded tensors (NCCL has no object gather on CPU)."""
     import torch.distributed as tdist
 
-    dev = _comm_device(dist)
+    dev = comm_device(dist)
     n = torch.tensor([len(index)], device=dev)
     counts = [torch.zeros_like(n) for _ in range(dist.world)]
     tdist.all_gather(counts, n)

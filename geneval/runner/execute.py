@@ -161,9 +161,9 @@ def _shift(dist: Dist, store: ShardStore, layer: str) -> torch.Tensor | None:
         return vec
     import torch.distributed as tdist
 
-    from geneval.runner.distributed import _comm_device
+    from geneval.runner.distributed import comm_device
 
-    dev = _comm_device(dist)
+    dev = comm_device(dist)
     dim = dim.to(dev)
     tdist.broadcast(dim, 0)
     d = int(dim.item())
