@@ -25,12 +25,7 @@ from geneval.models.formats import LoadedModel, load_model
 from geneval.models.model_flags import parse_model_flags
 from geneval.models.presets import PRESETS, Preset, match_release, preset_table
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters, init_random_
-from geneval.sampling.cascade import (
-    CascadeGenerator,
-    UpsamplerSampling,
-    load_cascade,
-    stage_seed,
-)
+from geneval.sampling.cascade import CascadeGenerator, UpsamplerSampling, load_cascade, stage_seed
 from geneval.sampling.generate import SamplingConfig, generate_range
 from geneval.sampling.schedules import DiffusionConfig
 
@@ -494,6 +489,7 @@ def test_cascade_end_to_end_batch_invariant(cascade_files):
     assert all(torch.equal(s, lr) for s in seen)
     # batch composition: rows 2..5 alone, and a shuffled non-contiguous subset
     assert np.array_equal(gen.generate(np.arange(2, 6), labels[2:6], cfg), full[2:6])
+    assert gen.generate(np.arange(0), np.arange(0), cfg).shape == (0, 16, 16, 3)
     pick = np.array([6, 1, 4])
     assert np.array_equal(gen.generate(pick, labels[pick], cfg), full[pick])
     # stage 1 is plain base-model sampling with the run's config

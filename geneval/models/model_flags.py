@@ -34,11 +34,7 @@ from typing import Any
 
 from geneval.errors import GenevalError
 from geneval.models.classifier import ClassifierConfig
-from geneval.models.unet import (
-    UNetConfig,
-    default_channel_mult,
-    default_super_res_channel_mult,
-)
+from geneval.models.unet import UNetConfig, default_channel_mult, default_super_res_channel_mult
 from geneval.sampling.schedules import DiffusionConfig
 
 FAMILIES = ("guided-diffusion", "improved-diffusion")
@@ -82,29 +78,11 @@ _CLASSIFIER_DEFAULTS: dict[str, Any] = {
     "classifier_resblock_updown": True,
     "classifier_pool": "attention",
 }
-_IDDPM_OVERRIDES: dict[str, Any] = {
-    "rescale_timesteps": True,
-    "rescale_learned_sigmas": True,
-}
+_IDDPM_OVERRIDES: dict[str, Any] = {"rescale_timesteps": True, "rescale_learned_sigmas": True}
 _EXTRA: dict[str, Any] = {"defaults": "guided-diffusion", "num_classes": NUM_CLASSES}
-_ALL = {
-    **_MODEL_DEFAULTS,
-    **_DIFFUSION_DEFAULTS,
-    **_SR_DEFAULTS,
-    **_CLASSIFIER_DEFAULTS,
-    **_EXTRA,
-}
+_ALL = {**_MODEL_DEFAULTS, **_DIFFUSION_DEFAULTS, **_SR_DEFAULTS, **_CLASSIFIER_DEFAULTS, **_EXTRA}
 # Accepted, recorded, but without effect on sampling outputs.
-NO_EFFECT = frozenset(
-    {
-        "use_fp16",
-        "use_checkpoint",
-        "classifier_use_fp16",
-        "use_kl",
-        "rescale_learned_sigmas",
-        "defaults",
-    }
-)
+NO_EFFECT = frozenset({"use_fp16", "use_checkpoint", "classifier_use_fp16", "use_kl", "rescale_learned_sigmas", "defaults"})
 _SAMPLING_ONLY = {
     "timestep_respacing": "--steps/--respacing",
     "use_ddim": "--sampler",
@@ -183,11 +161,7 @@ class ParsedFlags:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "flags": dict(self.given),
-            "ignored": list(self.ignored),
-        }
+        return {"kind": self.kind, "flags": dict(self.given), "ignored": list(self.ignored)}
 
 
 def _field(config: Any, diffusion: DiffusionConfig | None, target: str) -> Any:
@@ -292,11 +266,7 @@ def parse_model_flags(flags: str | Mapping[str, Any], kind: str = "unet") -> Par
     family = given.get("defaults", "guided-diffusion")
     if family not in FAMILIES:
         raise GenevalError(f"model flag --defaults must be one of {', '.join(FAMILIES)}, got {family!r}")
-    v = {
-        **_ALL,
-        **(_IDDPM_OVERRIDES if family == "improved-diffusion" else {}),
-        **given,
-    }
+    v = {**_ALL, **(_IDDPM_OVERRIDES if family == "improved-diffusion" else {}), **given}
     if "num_classes" in given and kind == "unet" and not v["class_cond"]:
         raise GenevalError("model flag --num_classes needs --class_cond True")
     if kind == "classifier":
@@ -375,10 +345,7 @@ def _classifier_config(v: dict[str, Any]) -> ClassifierConfig:
             model_channels=v["classifier_width"],
             out_channels=v["num_classes"],
             num_res_blocks=v["classifier_depth"],
-            attention_resolutions=_ints(
-                "classifier_attention_resolutions",
-                v["classifier_attention_resolutions"],
-            ),
+            attention_resolutions=_ints("classifier_attention_resolutions", v["classifier_attention_resolutions"]),
             channel_mult=default_channel_mult(v["image_size"]),
             num_heads=1,
             num_head_channels=64,

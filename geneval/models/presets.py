@@ -153,22 +153,8 @@ _SHA_IDDPM_LSUN_1200K = "38e66420ba5c703df8ce78750721976e13442064b5df847b82f05eb
 
 _PRESET_LIST: tuple[Preset, ...] = (
     # ---- guided-diffusion (ADM), ImageNet
-    _make(
-        "adm-64",
-        _GD_64,
-        "ADM ImageNet 64x64 class-conditional, cosine, learned sigma",
-        295_904_454,
-        ("64x64_diffusion.pt",),
-        GD,
-    ),
-    _make(
-        "adm-128",
-        _GD_128,
-        "ADM ImageNet 128x128 class-conditional, linear, learned sigma",
-        421_529_606,
-        ("128x128_diffusion.pt",),
-        GD,
-    ),
+    _make("adm-64", _GD_64, "ADM ImageNet 64x64 class-conditional, cosine, learned sigma", 295_904_454, ("64x64_diffusion.pt",), GD),
+    _make("adm-128", _GD_128, "ADM ImageNet 128x128 class-conditional, linear, learned sigma", 421_529_606, ("128x128_diffusion.pt",), GD),
     _make(
         "adm-256",
         _GD_256.format(cond=True),
@@ -186,21 +172,9 @@ _PRESET_LIST: tuple[Preset, ...] = (
         GD,
         sha256=_SHA_256_UNCOND,
     ),
+    _make("adm-512", _GD_512, "ADM ImageNet 512x512 class-conditional, linear, learned sigma", 558_997_638, ("512x512_diffusion.pt",), GD),
     _make(
-        "adm-512",
-        _GD_512,
-        "ADM ImageNet 512x512 class-conditional, linear, learned sigma",
-        558_997_638,
-        ("512x512_diffusion.pt",),
-        GD,
-    ),
-    _make(
-        "adm-upsampler-64-256",
-        _GD_UP_64_256,
-        "ADM-U 64->256 super-resolution (class-conditional), linear",
-        311_795_910,
-        ("64_256_upsampler.pt",),
-        GD,
+        "adm-upsampler-64-256", _GD_UP_64_256, "ADM-U 64->256 super-resolution (class-conditional), linear", 311_795_910, ("64_256_upsampler.pt",), GD
     ),
     _make(
         "adm-upsampler-128-512",
@@ -220,12 +194,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
             GD,
             kind="classifier",
         )
-        for size, params in (
-            (64, 65_438_568),
-            (128, 42_568_040),
-            (256, 54_096_360),
-            (512, 54_448_360),
-        )
+        for size, params in ((64, 65_438_568), (128, 42_568_040), (256, 54_096_360), (512, 54_448_360))
     ),
     # ---- guided-diffusion, LSUN (the README: best samples with 1000 steps)
     *(
@@ -238,12 +207,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
             GD,
             respacing="1000",
         )
-        for what, dropout in (
-            ("bedroom", 0.1),
-            ("cat", 0.1),
-            ("horse", 0.1),
-            ("horse-nodropout", 0.0),
-        )
+        for what, dropout in (("bedroom", 0.1), ("cat", 0.1), ("horse", 0.1), ("horse-nodropout", 0.0))
     ),
     # ---- improved-diffusion (IDDPM)
     _make(
@@ -271,14 +235,7 @@ _PRESET_LIST: tuple[Preset, ...] = (
         ("imagenet64_cond_270M_250K.pt",),
         IDDPM,
     ),
-    _make(
-        "iddpm-cifar10",
-        _ID + _ID_C10,
-        "IDDPM CIFAR-10 32x32, L_hybrid, cosine, 4000 steps",
-        52_546_438,
-        ("cifar10_uncond_50M_500K.pt",),
-        IDDPM,
-    ),
+    _make("iddpm-cifar10", _ID + _ID_C10, "IDDPM CIFAR-10 32x32, L_hybrid, cosine, 4000 steps", 52_546_438, ("cifar10_uncond_50M_500K.pt",), IDDPM),
     _make(
         "iddpm-cifar10-vlb",
         _ID + _ID_C10 + " --use_kl True",
@@ -337,11 +294,7 @@ class ReleaseMatch:
     sha256_verified: bool | None  # None: no published hash to compare against
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset.name,
-            "matched_by": self.matched_by,
-            "sha256_verified": self.sha256_verified,
-        }
+        return {"preset": self.preset.name, "matched_by": self.matched_by, "sha256_verified": self.sha256_verified}
 
 
 def match_release(file_name: str, sha256: str | None = None) -> ReleaseMatch | None:
@@ -351,11 +304,7 @@ def match_release(file_name: str, sha256: str | None = None) -> ReleaseMatch | N
     p = _BY_FILE.get(file_name)
     if p is None:
         return None
-    return ReleaseMatch(
-        p,
-        "file name",
-        None if p.sha256 is None or sha256 is None else p.sha256 == sha256,
-    )
+    return ReleaseMatch(p, "file name", None if p.sha256 is None or sha256 is None else p.sha256 == sha256)
 
 
 def preset_table() -> list[dict[str, Any]]:

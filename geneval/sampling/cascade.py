@@ -34,13 +34,7 @@ import torch
 
 from geneval.errors import GenevalError
 from geneval.sampling.aligned import aligned_call
-from geneval.sampling.generate import (
-    QUANTISATIONS,
-    SamplingConfig,
-    check_models,
-    generate_range,
-    quantize,
-)
+from geneval.sampling.generate import QUANTISATIONS, SamplingConfig, check_models, generate_range, quantize
 from geneval.sampling.guidance import cfg_model_fn
 from geneval.sampling.noise import NoiseSource
 from geneval.sampling.samplers import get_sampler
@@ -115,13 +109,7 @@ class CascadeGenerator:
 
     kind = "cascade"
 
-    def __init__(
-        self,
-        base: Any,
-        upsampler: Any,
-        upsampler_sampling: UpsamplerSampling | None = None,
-        classifier: Any = None,
-    ):
+    def __init__(self, base: Any, upsampler: Any, upsampler_sampling: UpsamplerSampling | None = None, classifier: Any = None):
         self.base, self.upsampler, self.classifier = base, upsampler, classifier
         self.upsampler_sampling = upsampler_sampling or UpsamplerSampling()
         ucfg = getattr(upsampler, "config", None)
@@ -176,23 +164,13 @@ class CascadeGenerator:
             },
         }
 
-    def generate(
-        self,
-        indices: np.ndarray,
-        labels: np.ndarray | None,
-        cfg: SamplingConfig,
-        device: torch.device | str | None = None,
-    ) -> np.ndarray:
+    def generate(self, indices: np.ndarray, labels: np.ndarray | None, cfg: SamplingConfig, device: torch.device | str | None = None) -> np.ndarray:
         """uint8 NHWC images (upsampler resolution) for global sample indices and their labels."""
         images, _ = self.generate_with_base(indices, labels, cfg, device)
         return images
 
     def generate_with_base(
-        self,
-        indices: np.ndarray,
-        labels: np.ndarray | None,
-        cfg: SamplingConfig,
-        device: torch.device | str | None = None,
+        self, indices: np.ndarray, labels: np.ndarray | None, cfg: SamplingConfig, device: torch.device | str | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(final images, the base stage's uint8 images) for the given indices."""
         self.check(cfg)
@@ -203,19 +181,17 @@ class CascadeGenerator:
                 raise GenevalError(f"{labels.size} labels for {idx.size} samples")
         elif self.num_classes is not None:
             raise GenevalError("this cascade is class-conditional: pass one label per sample")
+        if idx.size == 0:
+            return np.zeros((0, self.image_size, self.image_size, self.image_channels), np.uint8), np.zeros(
+                (0, self.base.image_size, self.base.image_size, self.image_channels), np.uint8
+            )
         device = torch.device(device) if device is not None else next(self.base.net.parameters()).device
         low = self._base_stage(idx, labels, cfg, device)
         return self._upsampler_stage(idx, labels, low, cfg, device), low
 
     # ---------------------------------------------------------------- stages
 
-    def _base_stage(
-        self,
-        idx: np.ndarray,
-        labels: np.ndarray | None,
-        cfg: SamplingConfig,
-        device: torch.device,
-    ) -> np.ndarray:
+    def _base_stage(self, idx: np.ndarray, labels: np.ndarray | None, cfg: SamplingConfig, device: torch.device) -> np.ndarray:
         base_cfg, _ = self.stage_configs(cfg)
         base_labels = labels if (self.base.is_conditional or (self.classifier is not None and cfg.classifier_scale > 0)) else None
         out = []
@@ -229,12 +205,7 @@ class CascadeGenerator:
         return np.concatenate(out)
 
     def _upsampler_stage(
-        self,
-        idx: np.ndarray,
-        labels: np.ndarray | None,
-        low_uint8: np.ndarray,
-        cfg: SamplingConfig,
-        device: torch.device,
+        self, idx: np.ndarray, labels: np.ndarray | None, low_uint8: np.ndarray, cfg: SamplingConfig, device: torch.device
     ) -> np.ndarray:
         _, up_cfg = self.stage_configs(cfg)
         model = self.upsampler
@@ -260,23 +231,8 @@ class CascadeGenerator:
             ctx = torch.autocast(device.type, dtype=torch.bfloat16) if up_cfg.autocast_bf16 else contextlib.nullcontext()
             with ctx:
                 if yy is None:
-                    return aligned_call(
-                        lambda a_, t_, l_: net(a_, t_, None, low_res=l_),
-                        index,
-                        up_cfg.align,
-                        a,
-                        t,
-                        lr,
-                    )
-                return aligned_call(
-                    lambda a_, t_, y_, l_: net(a_, t_, y_, low_res=l_),
-                    index,
-                    up_cfg.align,
-                    a,
-                    t,
-                    yy,
-                    lr,
-                )
+                    return aligned_call(lambda a_, t_, l_: net(a_, t_, None, low_res=l_), index, up_cfg.align, a, t, lr)
+                return aligned_call(lambda a_, t_, y_, l_: net(a_, t_, y_, low_res=l_), index, up_cfg.align, a, t, yy, lr)
 
         # s = 1 (or no guidance) is the plain conditional/unconditional call, without a null-class pass
         s = up_cfg.cfg_s if up_cfg.cfg_s is not None else 1.0
