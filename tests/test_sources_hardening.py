@@ -137,10 +137,7 @@ def test_late_nan_in_npy_fails_before_the_first_batch(tmp_path, monkeypatch):
     monkeypatch.setattr("geneval.sources.arrays.SCAN_CHUNK_BYTES", 4096)  # many chunks
     src = open_source(tmp_path / "x.npy", float_range="-1,1")
     it = src.batches(8)
-    with pytest.raises(
-        GenevalError,
-        match=r"image 399 \(0-based\) holds non-finite pixel values \(NaN\)",
-    ):
+    with pytest.raises(GenevalError, match=r"image 399 \(0-based\) holds non-finite pixel values \(NaN\)"):
         next(it)  # nothing yielded: the scan runs before any batch reaches an extractor
     assert src.report.read == 0
 
@@ -149,20 +146,14 @@ def test_late_nan_in_npy_fails_before_the_first_batch(tmp_path, monkeypatch):
 def test_in_memory_arrays_and_tensors_name_the_image(bad, kind):
     x = _floats(50, bad_index=37, bad=bad)
     for spec in (x, torch.from_numpy(x).permute(0, 3, 1, 2)):
-        with pytest.raises(
-            GenevalError,
-            match=rf"image 37 \(0-based\) holds non-finite pixel values \({kind}\)",
-        ):
+        with pytest.raises(GenevalError, match=rf"image 37 \(0-based\) holds non-finite pixel values \({kind}\)"):
             next(open_source(spec, float_range="-1,1").batches(8))
 
 
 def test_out_of_range_names_the_image(tmp_path):
     x = _floats(30, bad_index=21, bad=1.5)
     np.save(tmp_path / "x.npy", x)
-    with pytest.raises(
-        GenevalError,
-        match=r"image 21 \(0-based\) has pixel values in \[.*, 1\.5\], outside",
-    ):
+    with pytest.raises(GenevalError, match=r"image 21 \(0-based\) has pixel values in \[.*, 1\.5\], outside"):
         next(open_source(tmp_path / "x.npy", float_range="-1,1").batches(4))
 
 
@@ -217,10 +208,7 @@ def test_unidentified_image_reason_has_no_object_repr(tmp_path):
     with zipfile.ZipFile(tmp_path / "z.zip", "w") as zf:
         zf.write(tmp_path / "f" / "ok.png", "ok.png")
         zf.writestr("deep/junk.jpg", b"\x00" * 64)
-    for spec, item in (
-        (tmp_path / "f", "junk.png"),
-        (tmp_path / "z.zip", "deep/junk.jpg"),
-    ):
+    for spec, item in ((tmp_path / "f", "junk.png"), (tmp_path / "z.zip", "deep/junk.jpg")):
         src = open_source(spec)
         assert _drain(src) == 1
         reason = dict(src.report.rejected)[item]
@@ -310,37 +298,12 @@ def test_lying_npz_header_fails_at_open(tmp_path):
 @pytest.mark.parametrize(
     "arrays, match",
     [
-        (
-            {"arr_0": np.zeros((2, 4, 4, 3), np.uint8), "arr_1": np.array([0.5, 1.0])},
-            "arr_1 has dtype float64",
-        ),
-        (
-            {"mu": np.array(["a", "b"]), "sigma": np.eye(2)},
-            "mu has dtype <U1, expected float",
-        ),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.uint8), "arr_1": np.array([0.5, 1.0])}, "arr_1 has dtype float64"),
+        ({"mu": np.array(["a", "b"]), "sigma": np.eye(2)}, "mu has dtype <U1, expected float"),
         ({"mu": np.zeros(0), "sigma": np.zeros((0, 0))}, "d >= 1"),
-        (
-            {
-                "arr_0": np.zeros((2, 4, 4, 3), np.uint8),
-                "geneval_meta": np.asarray("[1, 2]"),
-            },
-            "expected a JSON object",
-        ),
-        (
-            {
-                "arr_0": np.zeros((2, 4, 4, 3), np.uint8),
-                "geneval_meta": np.asarray('{"n": "x"}'),
-            },
-            "'n' must be a count",
-        ),
-        (
-            {
-                "mu": np.zeros(2),
-                "sigma": np.eye(2),
-                "geneval_pool3": np.zeros((2, 2), np.int8),
-            },
-            "expected float features",
-        ),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.uint8), "geneval_meta": np.asarray("[1, 2]")}, "expected a JSON object"),
+        ({"arr_0": np.zeros((2, 4, 4, 3), np.uint8), "geneval_meta": np.asarray('{"n": "x"}')}, "'n' must be a count"),
+        ({"mu": np.zeros(2), "sigma": np.eye(2), "geneval_pool3": np.zeros((2, 2), np.int8)}, "expected float features"),
     ],
 )
 def test_bad_npz_members_are_one_line_errors(tmp_path, arrays, match):
@@ -351,22 +314,13 @@ def test_bad_npz_members_are_one_line_errors(tmp_path, arrays, match):
 
 
 def test_object_member_is_refused_without_unpickling(tmp_path):
-    np.savez(
-        tmp_path / "x.npz",
-        arr_0=np.zeros((2, 4, 4, 3), np.uint8),
-        arr_1=np.array([{"a": 1}, None]),
-    )
+    np.savez(tmp_path / "x.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), arr_1=np.array([{"a": 1}, None]))
     with pytest.raises(GenevalError, match="holds Python objects"):
         open_source(tmp_path / "x.npz")
 
 
 def test_meta_n_is_used_for_stats_files(tmp_path):
-    np.savez(
-        tmp_path / "s.npz",
-        mu=np.zeros(2),
-        sigma=np.eye(2),
-        geneval_meta=np.asarray(json.dumps({"n": 7})),
-    )
+    np.savez(tmp_path / "s.npz", mu=np.zeros(2), sigma=np.eye(2), geneval_meta=np.asarray(json.dumps({"n": 7})))
     assert open_source(tmp_path / "s.npz").n == 7
 
 

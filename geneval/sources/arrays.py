@@ -80,13 +80,7 @@ def check_dtype(dtype: np.dtype, where: str, float_range: str | None) -> None:
 SCAN_CHUNK_BYTES = 64 << 20
 
 
-def scan_values(
-    arr: np.ndarray,
-    where: str,
-    float_range: str | None,
-    start: int = 0,
-    chunk_bytes: int = SCAN_CHUNK_BYTES,
-) -> None:
+def scan_values(arr: np.ndarray, where: str, float_range: str | None, start: int = 0, chunk_bytes: int = SCAN_CHUNK_BYTES) -> None:
     """Raise if any image of a float array (first axis = images) is non-finite or out of range.
 
     Reads the array in chunks of about `chunk_bytes` (a memory-mapped array stays on disk), and
@@ -114,15 +108,7 @@ def scan_values(
             finite = np.isfinite(img)
             if not finite.all():
                 bad = img[~finite]
-                kinds = ", ".join(
-                    k
-                    for k, m in (
-                        ("NaN", np.isnan(bad)),
-                        ("inf", bad > 0),
-                        ("-inf", bad < 0),
-                    )
-                    if m.any()
-                )
+                kinds = ", ".join(k for k, m in (("NaN", np.isnan(bad)), ("inf", bad > 0), ("-inf", bad < 0)) if m.any())
                 raise GenevalError(
                     f"{where}: image {start + i + j} (0-based) holds non-finite pixel values ({kinds}); fix or drop it before evaluating"
                 )
@@ -162,10 +148,7 @@ def to_uint8_nhwc(batch: np.ndarray, layout: str, where: str, float_range: str |
 def quantisation_note(dtype: np.dtype, float_range: str | None) -> str:
     if np.dtype(dtype) == np.uint8:
         return "uint8 input"
-    return {
-        "-1,1": "float [-1,1] -> ((x+1)*127.5) truncated (ADM)",
-        "0,1": "float [0,1] -> (x*255+0.5) truncated (rounded)",
-    }[float_range]
+    return {"-1,1": "float [-1,1] -> ((x+1)*127.5) truncated (ADM)", "0,1": "float [0,1] -> (x*255+0.5) truncated (rounded)"}[float_range]
 
 
 class ArraySource(Source):
@@ -208,13 +191,7 @@ class ArraySource(Source):
 
     def _batches(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, self.n, batch_size):
-            imgs = to_uint8_nhwc(
-                self.array[i : i + batch_size],
-                self.layout,
-                self.spec,
-                self.float_range,
-                start=i,
-            )
+            imgs = to_uint8_nhwc(self.array[i : i + batch_size], self.layout, self.spec, self.float_range, start=i)
             self.report.read += len(imgs)
             yield imgs, None if self.labels is None else self.labels[i : i + batch_size]
 

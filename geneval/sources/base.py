@@ -96,12 +96,7 @@ class ReadReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ReadReport:
-        return cls(
-            int(d.get("read", 0)),
-            [tuple(r) for r in d.get("rejected_items", [])],
-            int(d.get("ignored", 0)),
-            int(d.get("links_skipped", 0)),
-        )
+        return cls(int(d.get("read", 0)), [tuple(r) for r in d.get("rejected_items", [])], int(d.get("ignored", 0)), int(d.get("links_skipped", 0)))
 
 
 class Source(abc.ABC):

@@ -77,14 +77,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise ValueError("not a recognised image format (cannot identify the file)") from None
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on damaged files
         msg = " ".join(str(e).split())
-        plain = (
-            OSError,
-            SyntaxError,
-            ValueError,
-            EOFError,
-            Image.DecompressionBombError,
-            Image.DecompressionBombWarning,
-        )
+        plain = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning)
         raise ValueError(msg if isinstance(e, plain) and msg else f"cannot decode ({type(e).__name__}{': ' + msg if msg else ''})") from None
     if arr.ndim == 2:
         arr = arr[..., None]
@@ -213,14 +206,28 @@ class _Walk:
         self.problems: list[tuple[str, str]] = []
         self.visited: set[tuple[int, int]] = set()  # folders walked, by (device, inode)
         self.counted: set[tuple[int, int]] = set()  # image files counted, by (device, inode)
+        self.files: list[str] = []  # full paths of the image files counted, in `counted` up to _stated
+        self._stated = 0
         self.links: list[tuple[str, str]] = []  # (relative path, full path), followed after the tree
 
-    def file(self, rel: str, key: tuple[int, int]) -> None:
+    def file(self, rel: str, full: str) -> None:
         if is_image_name(rel):
             self.names.append(rel)
-            self.counted.add(key)
+            self.files.append(full)
         elif not rel.rsplit("/", 1)[-1].startswith("."):
             self.ignored += 1
+
+    def counted_files(self) -> set[tuple[int, int]]:
+        # Filled when a link to a file needs it: one stat per image, only in folders with file
+        # links. st_ino from stat, not readdir's d_ino, which overlay filesystems may not match.
+        for full in self.files[self._stated :]:
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            self.counted.add((st.st_dev, st.st_ino))
+        self._stated = len(self.files)
+        return self.counted
 
     def tree(self, full: str, rel: str) -> None:
         """Walk real entries below `full`; symlinks are queued, not followed."""
@@ -230,7 +237,6 @@ class _Walk:
             try:
                 with os.scandir(d) as it:
                     entries = sorted(it, key=lambda e: e.name)
-                dev = os.stat(d).st_dev
             except OSError as e:
                 self.problems.append((r or ".", f"cannot list folder: {e.strerror or e}"))
                 continue
@@ -241,21 +247,17 @@ class _Walk:
                     if e.is_symlink():
                         self.links.append((er, e.path))
                     elif e.is_dir(follow_symlinks=False):
-                        key = (dev, e.inode())
+                        st = e.stat(follow_symlinks=False)
+                        key = (st.st_dev, st.st_ino)
                         if key in self.visited:  # a bind mount of a folder already walked
                             self.skipped += 1
                         else:
                             self.visited.add(key)
                             subdirs.append((e.path, er))
                     elif e.is_file(follow_symlinks=False):
-                        self.file(er, (dev, e.inode()))
+                        self.file(er, e.path)
                     elif is_image_name(er):
-                        self.problems.append(
-                            (
-                                er,
-                                "not a regular file (FIFO, socket or device): not read",
-                            )
-                        )
+                        self.problems.append((er, "not a regular file (FIFO, socket or device): not read"))
                 except OSError as exc:
                     self.problems.append((er, f"cannot stat: {exc.strerror or exc}"))
             stack.extend(reversed(subdirs))  # popped in sorted order
@@ -276,10 +278,10 @@ class _Walk:
                 self.visited.add(key)
                 self.tree(full, rel)
         elif stat.S_ISREG(target.st_mode):
-            if key in self.counted:
+            if key in self.counted_files():
                 self.skipped += 1
             else:
-                self.file(rel, key)
+                self.file(rel, full)
         elif is_image_name(rel):
             self.problems.append((rel, "links to something that is not a regular file: not read"))
 

@@ -30,13 +30,7 @@ from typing import Any
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.arrays import (
-    check_dtype,
-    infer_layout,
-    quantisation_note,
-    scan_values,
-    to_uint8_nhwc,
-)
+from geneval.sources.arrays import check_dtype, infer_layout, quantisation_note, scan_values, to_uint8_nhwc
 from geneval.sources.base import NPY_ERRORS, ZIP_ERRORS, Batch, Source, hash_file
 
 STATS_KEYS = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
@@ -48,12 +42,7 @@ class _Header:
     """A member's .npy header: shape, dtype, order, where the data starts and how long it is."""
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, fortran: bool, offset: int) -> None:
-        self.shape, self.dtype, self.fortran, self.offset = (
-            shape,
-            dtype,
-            fortran,
-            offset,
-        )
+        self.shape, self.dtype, self.fortran, self.offset = (shape, dtype, fortran, offset)
         self.nbytes = math.prod(shape) * dtype.itemsize
 
 
@@ -76,12 +65,7 @@ class NpzSource(Source):
         self.labels = self._load_labels() if "arr_1" in keys else None
         if "arr_0" in keys:
             head = self._header("arr_0")
-            self.shape, self.dtype, self._header_len, self._fortran = (
-                head.shape,
-                head.dtype,
-                head.offset,
-                head.fortran,
-            )
+            self.shape, self.dtype, self._header_len, self._fortran = (head.shape, head.dtype, head.offset, head.fortran)
             self.layout = infer_layout(self.shape, f"{path}: arr_0", layout)
             check_dtype(self.dtype, f"{path}: arr_0", float_range)
             self.quantisation = quantisation_note(self.dtype, float_range)
@@ -104,10 +88,7 @@ class NpzSource(Source):
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                elif version in (
-                    (2, 0),
-                    (3, 0),
-                ):  # 3.0 differs only in allowing utf-8 field names
+                elif version in ((2, 0), (3, 0)):  # 3.0 differs only in allowing utf-8 field names
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
                 else:
                     raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
@@ -198,14 +179,7 @@ class NpzSource(Source):
                 local = f.read(30)
             name_len, extra_len = struct.unpack("<26xHH", local)
             data_start = info.header_offset + 30 + name_len + extra_len + self._header_len
-            arr = np.memmap(
-                self.path,
-                dtype=self.dtype,
-                mode="r",
-                offset=data_start,
-                shape=self.shape,
-                order="F" if self._fortran else "C",
-            )
+            arr = np.memmap(self.path, dtype=self.dtype, mode="r", offset=data_start, shape=self.shape, order="F" if self._fortran else "C")
         except (OSError, ValueError, struct.error) as e:
             raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
         try:
