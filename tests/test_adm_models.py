@@ -214,6 +214,7 @@ def test_release_file_selects_preset_and_refuses_contradicting_flags(monkeypatch
     with pytest.raises(GenevalError, match="overrides .*num_heads.* contradict the published tiny-release"):
         load_model(path, num_heads=1)
     assert load_model(path, model_flags=flags).preset == "tiny-release"  # agreeing flags are fine
+    assert load_model(path, model_flags=flags.replace("--channel_mult 1,2", "--channel_mult 1,2.0")).preset == "tiny-release"
     with pytest.raises(GenevalError, match="is the published tiny-release checkpoint .*not adm-64"):
         load_model(path, preset="adm-64")
     # The same bytes under another name are found by a pinned sha256.

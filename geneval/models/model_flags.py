@@ -175,8 +175,10 @@ def flag_conflicts(parsed: ParsedFlags, config: Any, diffusion: DiffusionConfig 
     out = []
     for target, value in parsed.determined_fields().items():
         want = _field(config, diffusion, target)
+        if target == "attention_resolutions":  # a set of sizes: "8,16,32" is "32,16,8"
+            value, want = tuple(sorted(value)), tuple(sorted(want))
         if value != want:
-            out.append(f"{target.removeprefix('d.')}: flags give {value!r}, the release has {want!r}")
+            out.append(f"{target.removeprefix('d.')}: flags give {value!r}, the preset has {want!r}")
     return out
 
 
