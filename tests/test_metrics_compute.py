@@ -100,7 +100,7 @@ def test_non_feature_metric_refused(feats):
     spec = MetricSpec("zz_pixels", True, (), True, "zz_pixels", "test only")
     register(spec)
     try:
-        with pytest.raises(GenevalError, match="not computed from Inception features"):
+        with pytest.raises(GenevalError, match="cannot be computed by `geneval eval`"):
             compute_metrics("fid,zz_pixels", samples, ref)
     finally:
         METRICS.pop("zz_pixels", None)

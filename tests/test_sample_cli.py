@@ -69,7 +69,8 @@ def test_sample_writes_adm_npz_and_record(ckpts, tmp_path, capsys):
     [
         (["--model", "{d}/uncond_gd.pt", "--preset", "adm-64"], "does not match preset adm-64: missing keys"),
         (["--model", "{d}/cond.safetensors", "--classifier-scale", "1.0"], "needs a noisy classifier: pass --classifier"),
-        (["--model", "{d}/uncond.safetensors", "--guidance", "2"], "needs a class-conditional model; .* is unconditional \\(use --classifier"),
+        (["--model", "{d}/uncond.safetensors", "--guidance", "2", "--convention", "w"], "needs a class-conditional model; .* is unconditional \\(use --classifier"),
+        (["--model", "{d}/uncond.safetensors", "--guidance", "2"], "--guidance 2 needs an explicit --convention: w \\(Ho & Salimans"),
         (["--model", "{d}/cond.safetensors", "--steps", "0"], "steps must be >= 1, got 0"),
         (["--model", "{d}/cond.safetensors", "--sampler", "plms"], "unknown sampler 'plms'; known samplers: ddpm, ddim, dpmpp_2m, euler, heun"),
         (["--model", "{d}/cond.safetensors", "--convention", "cfg"], "unknown guidance convention 'cfg'"),
@@ -82,7 +83,7 @@ def test_bad_input_exits_2_before_sampling(ckpts, tmp_path, capsys, monkeypatch,
     def no_sampling(*a, **k):
         raise AssertionError("sampling started despite bad input")
 
-    monkeypatch.setattr(generate, "_generate", no_sampling)
+    monkeypatch.setattr(generate, "generate_range", no_sampling)
     argv = ["sample", *[a.format(d=ckpts) for a in args], "--n", "2", "--out", str(tmp_path / "x.npz")]
     code, stdout, err = _run(argv, capsys)
     assert code == 2
@@ -99,7 +100,7 @@ def test_shard_resume_gives_identical_output(ckpts, tmp_path, monkeypatch):
     whole = sample_to_npz(model, tmp_path / "a.npz", cfg, batch_size=3, shard_size=3)
     assert whole["resumed_shards"] == 0
 
-    real = generate._generate
+    real = generate.generate_range
     calls = []
 
     def dies_on_second_shard(*a, **k):
@@ -108,27 +109,34 @@ def test_shard_resume_gives_identical_output(ckpts, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # the user pressed Ctrl-C in the middle of shard 2
         return real(*a, **k)
 
-    monkeypatch.setattr(generate, "_generate", dies_on_second_shard)
+    monkeypatch.setattr(generate, "generate_range", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         sample_to_npz(model, tmp_path / "b.npz", cfg, batch_size=2, shard_size=3)
     assert not (tmp_path / "b.npz").exists()
-    assert sorted(p.name for p in (tmp_path / "b.npz.shards").iterdir()) == ["manifest.json", "shard_00000.npz"]
-    monkeypatch.setattr(generate, "_generate", real)
+    (store,) = (tmp_path / "b.npz.shards").iterdir()  # one folder per job key
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["manifest.json", "shard_000000.npz"]
+    monkeypatch.setattr(generate, "generate_range", real)
     resumed = sample_to_npz(model, tmp_path / "b.npz", cfg, batch_size=5, shard_size=3)
     assert resumed["resumed_shards"] == 1 and resumed["shards"] == 3
     with np.load(tmp_path / "a.npz") as a, np.load(tmp_path / "b.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
 
 
-def test_resume_refuses_shards_from_another_config(ckpts, tmp_path, monkeypatch):
+def test_changed_config_never_resumes_from_stale_shards(ckpts, tmp_path, monkeypatch):
+    """Shards live under a key of everything that shapes the samples: another seed gets its own store."""
     model = load_model(ckpts / "cond.safetensors")
-    monkeypatch.setattr(generate, "_generate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    real = generate.generate_range
+    monkeypatch.setattr(generate, "generate_range", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         sample_to_npz(model, tmp_path / "c.npz", SamplingConfig(n=4, steps=2, seed=0), shard_size=2)
-    from geneval.errors import GenevalError
-
-    with pytest.raises(GenevalError, match="different model or sampling config"):
-        sample_to_npz(model, tmp_path / "c.npz", SamplingConfig(n=4, steps=2, seed=1), shard_size=2)
+    monkeypatch.setattr(generate, "generate_range", real)
+    sample_to_npz(model, tmp_path / "c.npz", SamplingConfig(n=4, steps=2, seed=0), shard_size=2, keep_shards=True)
+    rec = sample_to_npz(model, tmp_path / "d.npz", SamplingConfig(n=4, steps=2, seed=1), shard_size=2)
+    assert rec["resumed_shards"] == 0
+    other = sample_to_npz(model, tmp_path / "c.npz", SamplingConfig(n=4, steps=2, seed=1), shard_size=2)
+    assert other["resumed_shards"] == 0  # the seed-0 shards next to it were not used
+    with np.load(tmp_path / "c.npz") as c, np.load(tmp_path / "d.npz") as d:
+        assert np.array_equal(c["arr_0"], d["arr_0"])
 
 
 def test_quantisation_rules():

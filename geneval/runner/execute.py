@@ -130,7 +130,8 @@ def _compute_shard(store: ShardStore, k: int, produce: Producer, extract: Callab
             parts.setdefault(layer, []).append(v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
         if needs.keep_images:
             images.append(np.asarray(chunk.images, dtype=np.uint8))
-        elif count < PREVIEW_PER_SHARD:
+        elif count < PREVIEW_PER_SHARD and (not images or images[0].shape[1:] == chunk.images.shape[1:]):
+            # a preview for grids; mixed-size sources keep the first size only
             images.append(np.asarray(chunk.images[: PREVIEW_PER_SHARD - count], dtype=np.uint8))
         if chunk.labels is not None:
             labels.append(np.asarray(chunk.labels, dtype=np.int64))
