@@ -517,6 +517,8 @@ def test_cascade_records_both_stages_and_guidance_on_both(cascade_files):
     assert d["base_sampling"]["steps"] == 3 and d["base_sampling"]["guidance"] == 2.0
     assert d["upsampler_sampling"]["steps"] == 2 and d["upsampler_sampling"]["guidance"] == 1.5
     assert d["upsampler"]["image_size"] == 16 and "bilinear" in d["conventions"]["low_res_conditioning"]
+    assert d["model_sha256"] == f"{base_m.weights_sha256}+{up_m.weights_sha256}" and len(d["model_sha256"]) == 129
+    assert gen.describe()["upsampler_sampling"]["steps"] == 2  # without the run's config: the stored stage settings
     labels = np.array([0, 1, 2, 3, 0, 1])
     full = gen.generate(np.arange(6), labels, cfg)
     assert np.array_equal(gen.generate(np.arange(3, 6), labels[3:], cfg), full[3:])

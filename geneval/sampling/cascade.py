@@ -149,6 +149,8 @@ class CascadeGenerator:
         base_cfg, up_cfg = self.stage_configs(cfg) if cfg is not None else (None, None)
         return {
             "kind": self.kind,
+            # both checkpoints identify a cascade: "<base sha256>+<upsampler sha256>"
+            "model_sha256": f"{self.base.weights_sha256}+{self.upsampler.weights_sha256}",
             "image_size": self.image_size,
             "num_classes": self.num_classes,
             "base": self.base.describe(),
