@@ -343,7 +343,13 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     if ref_side is None:
         ref_side = prepare_ref(plan, extractor)
     stats_layers, row_layers = metric_needs(plan.metrics, "samples")
-    needs = Needs(stats_layers, row_layers, keep_images=bool(c.save_samples))
+    is_chunk = None
+    opts = _metric_options(c)
+    # IS in ADM's convention streams as chunk sums; only the other metrics' rows are held.
+    if "is" in plan.metrics and opts.is_convention == "adm" and not any(
+            "logits" in get_metric(m).needs for m in plan.metrics if m != "is"):
+        row_layers, is_chunk = row_layers - {"logits"}, opts.is_chunk_size
+    needs = Needs(stats_layers, row_layers, keep_images=bool(c.save_samples), is_chunk=is_chunk)
     store = run_store(plan, extractor, needs, device).open()
 
     def produce(lo: int, hi: int):
@@ -369,7 +375,8 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     if dist.is_main:
         fs = FeatureSet(pool3=streamed.rows.get("pool3"), spatial=streamed.rows.get("spatial"),
                         logits=streamed.rows.get("logits"), pool3_stats=streamed.stats.get("pool3"),
-                        spatial_stats=streamed.stats.get("spatial"), n=None if streamed.rows else streamed.n)
+                        spatial_stats=streamed.stats.get("spatial"), n=None if streamed.rows else streamed.n,
+                        is_chunks=streamed.inception_score)
         samples = SideFeatures(fs, f"{c.n} samples from {c.model}", origin={k: "sampled" for k in needs.layers})
         prov = _provenance(plan, timings) | {"world_size": dist.world, "shards": store.num_shards,
                                              "resumed_shards": streamed.resumed, "shard_size": c.shard_size}

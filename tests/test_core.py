@@ -222,3 +222,48 @@ def test_sample_to_npz_streams_shards_and_resumes(tmp_path, one_thread):
     assert rec["resumed_shards"] == 0 and rec["channels"].startswith("rgb")
     rec2 = sample_to_npz(model, tmp_path / "s.npz", cfg, batch_size=5, shard_size=3)
     assert rec2["resumed_shards"] == 3
+
+
+def test_streamed_is_equals_adm_is_from_rows(rng):
+    """IS (ADM chunks) from float64 chunk sums, batches in any order, equals the row computation."""
+    from geneval.metrics.inception_score import ChunkedISAccumulator, inception_score
+
+    logits = rng.normal(scale=3.0, size=(12_003, 20))
+    want = inception_score(logits, "adm", chunk_size=5000)
+    acc = ChunkedISAccumulator(20, len(logits), 5000)
+    order = rng.permutation(len(logits))
+    for part in np.array_split(order, 7):
+        acc.update(logits[part], part)
+    got = acc.score()
+    assert got[0] == pytest.approx(want[0], rel=1e-12) and got[1] == pytest.approx(want[1], rel=1e-9, abs=1e-12)
+
+
+def test_core_streams_is_without_rows(tmp_path, rng):
+    import torch
+
+    from geneval.metrics.compute import FeatureSet, MetricOptions, compute_metrics
+    from geneval.runner.distributed import SINGLE
+    from geneval.runner.execute import Chunk, Needs, stream_features
+    from geneval.runner.shards import ShardStore
+
+    logits = rng.normal(scale=2.0, size=(37, 11)).astype(np.float32)
+
+    def produce(lo, hi):
+        for b in range(lo, hi, 4):
+            idx = np.arange(b, min(b + 4, hi))
+            yield Chunk(np.zeros((len(idx), 2, 2, 3), np.uint8), None, idx)
+
+    produce_pos = [0]
+
+    def extract_tracking(images):
+        out = {"logits": torch.from_numpy(logits[produce_pos[0]:produce_pos[0] + len(images)])}
+        produce_pos[0] += len(images)
+        return out
+
+    store = ShardStore(tmp_path, {"k": "is"}, n=37, shard_size=10).open()
+    out = stream_features(store, produce, extract_tracking, Needs(is_chunk=5), SINGLE)
+    assert out.rows == {} and out.inception_score is not None
+    o = MetricOptions(is_chunk_size=5)
+    streamed = compute_metrics("is", FeatureSet(is_chunks=out.inception_score, n=37), options=o)[0]
+    rows = compute_metrics("is", FeatureSet(logits=logits), options=o)[0]
+    assert streamed.value == pytest.approx(rows.value, rel=1e-12) and streamed.n == 37

@@ -31,6 +31,7 @@ class FeatureSet:
         pool3_stats: precomputed pool3 statistics (ADM reference mu/sigma, pytorch-fid npz).
         spatial_stats: precomputed spatial statistics (ADM reference mu_s/sigma_s).
         n: number of images behind the set; inferred from the arrays/statistics when None.
+        is_chunks: a streamed ChunkedISAccumulator (ADM convention) standing in for `logits`.
     """
 
     pool3: Any = None
@@ -39,6 +40,7 @@ class FeatureSet:
     pool3_stats: GaussianStats | None = None
     spatial_stats: GaussianStats | None = None
     n: int | None = None
+    is_chunks: Any = None
 
     def __post_init__(self):
         counts = {name: _rows(getattr(self, name)) for name in _LAYERS if getattr(self, name) is not None}
@@ -195,11 +197,19 @@ def _sfid(ctx: _Context) -> MetricValue:
 
 def _is(ctx: _Context) -> MetricValue:
     logits = ctx.samples.logits
+    o = ctx.options
+    acc = ctx.samples.is_chunks
+    if logits is None and acc is not None and o.is_convention == "adm" and acc.chunk_size == o.is_chunk_size:
+        mean, std = acc.score()
+        n = int(acc.sums[:, 0].sum())
+        extra = {"convention": "adm", "chunk_size": o.is_chunk_size, "splits": int((acc.sums[:, 0] > 0).sum()),
+                 "std_ddof": 0, "streamed": "float64 chunk sums (no logits rows held)"}
+        extra["std_method"] = f"split-std-{extra['splits']}"
+        return MetricValue("is", mean, std, n, extra)
     if logits is None:
         raise GenevalError(
             "is needs the samples' Inception logits, which need weights with the 1008-way classifier layer"
         )
-    o = ctx.options
     mean, std = inception_score(
         logits, o.is_convention, splits=o.is_splits, chunk_size=o.is_chunk_size, seed=o.is_seed
     )

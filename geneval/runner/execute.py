@@ -53,15 +53,17 @@ class Needs:
         stats: layers needed only as Gaussian statistics (summed, never kept as rows).
         rows: layers needed as per-image rows (gathered to rank 0).
         keep_images: store the uint8 images in the shards (--save-samples, ref build).
+        is_chunk: fold the logits into ADM-convention IS chunk sums of this size instead of rows.
     """
 
     stats: frozenset[str] = frozenset()
     rows: frozenset[str] = frozenset()
     keep_images: bool = False
+    is_chunk: int | None = None
 
     @property
     def layers(self) -> frozenset[str]:
-        return self.stats | self.rows
+        return self.stats | self.rows | (frozenset({"logits"}) if self.is_chunk else frozenset())
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Streamed:
         rows: layer → (N, d) float32 rows in index order (rank 0 only).
         labels: (N,) labels in index order when the producer gave labels (rank 0 only).
         timings: seconds spent producing and extracting, summed over ranks.
+        inception_score: the merged ChunkedISAccumulator when needs.is_chunk was set (rank 0).
         resumed: shards found on disk instead of computed (all ranks together).
         meta: per-shard meta records of this rank (e.g. read reports), in shard order.
     """
@@ -85,6 +88,7 @@ class Streamed:
     timings: dict[str, float] = field(default_factory=dict)
     resumed: int = 0
     meta: list[dict[str, Any]] = field(default_factory=list)
+    inception_score: Any = None
 
 
 class _Progress:
@@ -219,6 +223,11 @@ def merge_shards(store: ShardStore, needs: Needs, dist: Dist, resumed: int = 0) 
         if shift is not None:
             accs[layer] = GaussianAccumulator(shift.shape[0], shift=shift)
     rows: dict[str, list[np.ndarray]] = {layer: [] for layer in needs.rows}
+    is_acc = None
+    if needs.is_chunk:
+        from geneval.metrics.inception_score import ChunkedISAccumulator
+
+        is_acc = ChunkedISAccumulator(_logits_width(store), store.n, needs.is_chunk)
     index, labels, metas = [], [], []
     timing = np.zeros(3, dtype=np.float64)  # produce_s, features_s, resumed shards
     timing[2] = resumed
@@ -240,14 +249,19 @@ def merge_shards(store: ShardStore, needs: Needs, dist: Dist, resumed: int = 0) 
             acc.update(arrays[f"feat_{layer}"])
         for layer in needs.rows:
             rows[layer].append(arrays[f"feat_{layer}"])
+        if is_acc is not None:
+            is_acc.update(arrays["feat_logits"], idx)
     for acc in accs.values():
         acc.all_reduce(lambda t: all_reduce_sum(dist, t))
+    if is_acc is not None:
+        is_acc.sums = all_reduce_sum(dist, torch.from_numpy(is_acc.sums)).numpy()
     n = int(all_reduce_sum(dist, torch.tensor([n_local], dtype=torch.float64)).item())
     timing_t = all_reduce_sum(dist, torch.from_numpy(timing))
     out = Streamed(n=n, timings={"produce_s": float(timing_t[0]), "features_s": float(timing_t[1])},
                    resumed=int(timing_t[2]), meta=metas)
     if dist.is_main:
         out.stats = {layer: acc.stats() for layer, acc in accs.items()}
+        out.inception_score = is_acc
     idx_all = np.concatenate(index) if index else np.zeros(0, np.int64)
     for layer in sorted(needs.rows):
         local = np.concatenate(rows[layer]) if rows[layer] else np.zeros((0, 0), np.float32)
@@ -264,6 +278,14 @@ def merge_shards(store: ShardStore, needs: Needs, dist: Dist, resumed: int = 0) 
         if dist.is_main:
             out.labels = gathered.reshape(-1)
     return out
+
+
+def _logits_width(store: ShardStore) -> int:
+    """Logits width from shard 0 (every shard of a store comes from one network)."""
+    arrays, _ = store.load(0, {"feat_logits"})
+    if "feat_logits" not in arrays:
+        raise GenevalError("the feature network gives no logits output (IS needs weights with the classifier layer)")
+    return int(arrays["feat_logits"].shape[1])
 
 
 def iter_shard_images(store: ShardStore, key: str = "images") -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
