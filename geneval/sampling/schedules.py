@@ -1,9 +1,15 @@
-"""Diffusion noise schedules and guided-diffusion timestep respacing, in float64 numpy.
+"""Diffusion noise schedules and timestep respacing conventions, in float64 numpy.
 
 A `DiffusionConfig` describes how a model was trained (β schedule, T, prediction type, variance
-type, timestep rescaling). `make_schedule(config, respacing)` returns the `Schedule` a sampler
-walks: the kept original timesteps and the ᾱ at them. The model always receives the ORIGINAL
-timestep index (or t·1000/T as a float for IDDPM models trained with rescale_timesteps).
+type, timestep rescaling). `make_schedule(config, respacing, convention)` returns the `Schedule` a
+sampler walks: the kept original timesteps, the ᾱ at them and the ᾱ each step moves to. The
+model always receives the ORIGINAL timestep index (or t·1000/T as a float for IDDPM models
+trained with rescale_timesteps).
+
+Respacing conventions (RESPACING_CONVENTIONS), i.e. which timesteps N steps visit:
+- "adm": guided-diffusion's space_timesteps ("250", "ddim25", "10,20,30"); the default.
+- "leading", "trailing", "linspace": diffusers' `timestep_spacing` (with `steps_offset` for leading).
+- "ldm": CompVis LDM DDIM "uniform": c = T//N, steps = range(0, T, c) + 1.
 """
 
 from __future__ import annotations
@@ -21,6 +27,13 @@ from geneval.errors import GenevalError
 BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
 PREDICTION_TYPES = ("eps", "x0", "v")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+RESPACING_CONVENTIONS = ("adm", "leading", "trailing", "linspace", "ldm")
+# ᾱ after the last step: "one" (guided-diffusion; diffusers set_alpha_to_one=True) or "first", ᾱ[0]
+# (diffusers set_alpha_to_one=False; LDM's DDIM).
+FINAL_ALPHAS = ("one", "first")
+# Which ᾱ a step moves to: "next" kept timestep (guided-diffusion, DDPMScheduler, LDM) or
+# "stride", t − T//N (diffusers' DDIMScheduler, whatever its spacing).
+PREV_RULES = ("next", "stride")
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,7 @@ class DiffusionConfig:
         prediction_type: what the net predicts: "eps", "x0" or "v".
         variance_type: "learned_range" for 2C-output models, else the fixed DDPM variance.
         rescale_timesteps: feed t·1000/T (float) instead of t (IDDPM's flag).
+        rescale_betas_zero_snr: rescale β to zero terminal SNR (Lin et al. 2024; diffusers' flag).
     """
 
     num_timesteps: int = 1000
@@ -44,6 +58,7 @@ class DiffusionConfig:
     prediction_type: str = "eps"
     variance_type: str = "fixed_small"
     rescale_timesteps: bool = False
+    rescale_betas_zero_snr: bool = False
 
     def __post_init__(self) -> None:
         if self.beta_schedule not in BETA_SCHEDULES:
@@ -57,13 +72,17 @@ class DiffusionConfig:
 
     def betas(self) -> np.ndarray:
         """The training β_t, float64, length T."""
-        return named_betas(self.beta_schedule, self.num_timesteps, self.beta_start, self.beta_end)
+        betas = named_betas(self.beta_schedule, self.num_timesteps, self.beta_start, self.beta_end)
+        return rescale_zero_terminal_snr(betas) if self.rescale_betas_zero_snr else betas
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["rescale_betas_zero_snr"]:
+            del d["rescale_betas_zero_snr"]  # records (and cache keys) of older configs stay unchanged
+        return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DiffusionConfig":
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
         return cls(**d)
 
 
@@ -79,11 +98,21 @@ def named_betas(name: str, T: int, beta_start: float | None = None, beta_end: fl
         hi = 0.012 if beta_end is None else beta_end
         return np.linspace(lo**0.5, hi**0.5, T, dtype=np.float64) ** 2
     if name == "cosine":
+
         def abar(s: float) -> float:
             return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
         return np.array([min(1 - abar((i + 1) / T) / abar(i / T), 0.999) for i in range(T)], dtype=np.float64)
     raise GenevalError(f"unknown beta schedule {name!r}; known: {', '.join(BETA_SCHEDULES)}")
+
+
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """β rescaled so that ᾱ_T = 0 while ᾱ_1 is kept (Lin et al. 2024, Algorithm 1)."""
+    sq = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = sq[0], sq[-1]
+    sq = (sq - last) * (first / (first - last))
+    abar = sq**2
+    return 1.0 - np.append(abar[0], abar[1:] / abar[:-1])
 
 
 def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
@@ -129,6 +158,54 @@ def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
     return sorted(set(steps))
 
 
+def _step_count(respacing: str | int | list[int]) -> int:
+    """N from an int, "N" or "ddimN" (the diffusers/LDM conventions take only a step count)."""
+    if isinstance(respacing, (int, np.integer)):
+        return int(respacing)
+    spec = str(respacing).strip()
+    spec = spec.removeprefix("ddim")
+    try:
+        return int(spec)
+    except ValueError:
+        raise GenevalError(f"bad respacing {respacing!r}: this respacing convention takes a step count N") from None
+
+
+def respaced_timesteps(T: int, respacing: str | int | list[int], convention: str = "adm", steps_offset: int = 0) -> list[int]:
+    """The original timesteps N steps visit under a respacing convention, sorted ascending.
+
+    Args:
+        T: training timesteps.
+        respacing: a guided-diffusion spec for "adm"; a step count N (int, "N" or "ddimN") otherwise.
+        convention: one of RESPACING_CONVENTIONS.
+        steps_offset: diffusers' steps_offset, added to "leading" timesteps.
+    """
+    if convention not in RESPACING_CONVENTIONS:
+        raise GenevalError(f"unknown respacing convention {convention!r}; known: {', '.join(RESPACING_CONVENTIONS)}")
+    if convention == "adm":
+        return space_timesteps(T, respacing)
+    n = _step_count(respacing)
+    if not 1 <= n <= T:
+        raise GenevalError(f"respacing {respacing!r}: the step count must lie in [1, {T}]")
+    # The expressions below are diffusers' set_timesteps / LDM's make_ddim_timesteps verbatim in
+    # numpy, including float arange and rounding, so that edge cases pick the same integers.
+    if convention == "leading":
+        ts = (np.arange(0, n) * (T // n)).round().astype(np.int64) + int(steps_offset)
+    elif convention == "trailing":
+        ts = np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1
+    elif convention == "linspace":
+        ts = np.linspace(0, T - 1, n).round().astype(np.int64)
+    else:  # ldm
+        ts = np.asarray(range(0, T, T // n), dtype=np.int64) + 1
+    ts = np.unique(ts)
+    if ts.min() < 0 or ts.max() > T - 1:
+        raise GenevalError(
+            f"respacing {respacing!r} under convention {convention!r}"
+            f"{f' with steps_offset {steps_offset}' if steps_offset else ''} reaches timestep {int(ts.max())}, "
+            f"outside the model's [0, {T - 1}]"
+        )
+    return ts.tolist()
+
+
 @dataclass(frozen=True, eq=False)
 class Schedule:
     """A (possibly respaced) discrete schedule, ready for sampling. Arrays are float64.
@@ -139,6 +216,12 @@ class Schedule:
         alphas_cumprod: ᾱ at the kept steps (length S).
         base_alphas_cumprod: ᾱ of the full training schedule (length T), for σ↔t conversion.
         respacing: the spec that produced it.
+        prev_alphas_cumprod: the ᾱ each kept step moves to (length S); None: the previous kept
+            step's, and 1.0 after the last (guided-diffusion).
+        convention: the respacing convention (RESPACING_CONVENTIONS).
+        steps_offset: diffusers' steps_offset that shifted "leading" timesteps.
+        final_alpha: ᾱ after the last step, "one" or "first" (FINAL_ALPHAS).
+        prev_rule: how the step targets were chosen, "next" or "stride" (PREV_RULES).
     """
 
     config: DiffusionConfig
@@ -146,6 +229,11 @@ class Schedule:
     alphas_cumprod: np.ndarray
     base_alphas_cumprod: np.ndarray
     respacing: str = ""
+    prev_alphas_cumprod: np.ndarray | None = None
+    convention: str = "adm"
+    steps_offset: int = 0
+    final_alpha: str = "one"
+    prev_rule: str = "next"
 
     @property
     def num_steps(self) -> int:
@@ -153,7 +241,21 @@ class Schedule:
 
     @property
     def alphas_cumprod_prev(self) -> np.ndarray:
+        """ᾱ that each kept step moves to."""
+        if self.prev_alphas_cumprod is not None:
+            return self.prev_alphas_cumprod
         return np.append(1.0, self.alphas_cumprod[:-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Provenance: the convention and the timesteps it chose."""
+        return {
+            "respacing": self.respacing,
+            "convention": self.convention,
+            "steps_offset": self.steps_offset,
+            "final_alpha": self.final_alpha,
+            "prev_rule": self.prev_rule,
+            "timesteps": [int(t) for t in self.timesteps],
+        }
 
     @property
     def betas(self) -> np.ndarray:
@@ -199,18 +301,47 @@ class Schedule:
         return torch.full((batch,), t, dtype=torch.float32, device=device)
 
 
-def make_schedule(config: DiffusionConfig, respacing: str | list[int] | None = None) -> Schedule:
-    """Build the Schedule for a training config and a respacing spec (None: all T steps)."""
-    betas = config.betas()
-    abar = np.cumprod(1.0 - betas)
+def make_schedule(
+    config: DiffusionConfig,
+    respacing: str | int | list[int] | None = None,
+    convention: str = "adm",
+    *,
+    steps_offset: int = 0,
+    final_alpha: str | None = None,
+    prev_rule: str = "next",
+) -> Schedule:
+    """Build the Schedule for a training config, a respacing and its convention (None: all T steps).
+
+    Args:
+        config: the training DiffusionConfig.
+        respacing: guided-diffusion spec ("adm") or step count N (other conventions); None: all T.
+        convention: one of RESPACING_CONVENTIONS.
+        steps_offset: diffusers' steps_offset (shifts "leading" timesteps).
+        final_alpha: ᾱ after the last step, "one" or "first"; default "first" for "ldm", else "one".
+        prev_rule: "next" (the next kept step) or "stride" (t − T//N, diffusers' DDIMScheduler).
+    """
+    final_alpha = final_alpha or ("first" if convention == "ldm" else "one")
+    if final_alpha not in FINAL_ALPHAS:
+        raise GenevalError(f"unknown final alpha rule {final_alpha!r}; known: {', '.join(FINAL_ALPHAS)}")
+    if prev_rule not in PREV_RULES:
+        raise GenevalError(f"unknown step rule {prev_rule!r}; known: {', '.join(PREV_RULES)}")
+    T = config.num_timesteps
+    abar = np.cumprod(1.0 - config.betas())
     if respacing is None or respacing == "":
-        kept = list(range(config.num_timesteps))
-        spec = str(config.num_timesteps)
+        kept = list(range(T)) if convention == "adm" else respaced_timesteps(T, T, convention, steps_offset)
+        spec, n = str(T), T
     else:
-        kept = space_timesteps(config.num_timesteps, respacing)
-        spec = respacing if isinstance(respacing, str) else ",".join(map(str, respacing))
+        kept = respaced_timesteps(T, respacing, convention, steps_offset)
+        spec = respacing if isinstance(respacing, str) else ",".join(map(str, respacing)) if isinstance(respacing, list) else str(respacing)
+        n = len(kept) if convention == "adm" else _step_count(respacing)
     idx = np.asarray(kept, dtype=np.int64)
-    return Schedule(config, idx, abar[idx].copy(), abar, spec)
+    final = 1.0 if final_alpha == "one" else float(abar[0])
+    if prev_rule == "next":
+        prev = np.append(final, abar[idx[:-1]])
+    else:
+        prev_t = idx - T // n
+        prev = np.where(prev_t >= 0, abar[np.maximum(prev_t, 0)], final)
+    return Schedule(config, idx, abar[idx].copy(), abar, spec, prev, convention, int(steps_offset), final_alpha, prev_rule)
 
 
 def karras_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
