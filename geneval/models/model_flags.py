@@ -161,7 +161,7 @@ class ParsedFlags:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "flags": dict(self.given), "ignored": list(self.ignored)}
+        return {"kind": self.kind, "flags": dict(self.given), "ignored": list(self.ignored), "without_effect": sorted(set(self.given) & NO_EFFECT)}
 
 
 def _field(config: Any, diffusion: DiffusionConfig | None, target: str) -> Any:
