@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 import pytest
-import tomllib
 import torch
 import torch.nn.functional as F
 
@@ -242,6 +241,7 @@ def test_flag_string_and_toml_table_agree_and_bad_names_fail():
         "--learn_sigma True --noise_schedule linear --num_channels 192 --num_head_channels 64 --num_res_blocks 2 "
         "--resblock_updown True --use_fp16 True --use_scale_shift_norm True"
     )
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (the TOML-table form of --model-flags)
     table = tomllib.loads("""
         attention_resolutions = "32,16"
         class_cond = true
