@@ -353,3 +353,24 @@ def test_loaded_diffusers_folder_carries_its_convention(unet, tmp_path):
     m_adm = load_model(tmp_path, convention_source="adm")
     plan_adm = plan_for(m_adm, cfg)
     assert plan_adm.schedule.timesteps.tolist() == list(range(0, 1000, 100)) and plan_adm.record["source"] == "adm"
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_adm_plan_is_what_sampling_did_before(sampler):
+    """A checkpoint without a scheduler config (native / guided-diffusion) plans exactly the
+    schedule and knobs geneval used before conventions existed."""
+    from geneval.models.formats import LoadedModel
+
+    diffusion = DiffusionConfig(1000, "linear", variance_type="learned_range")
+    m = LoadedModel(torch.nn.Identity(), {}, diffusion, "unet", "native")
+    cfg = SamplingConfig(n=1, sampler=sampler, steps=25, eta=0.3, variance="fixed_large" if sampler == "ddpm" else None)
+    plan = plan_for(m, cfg)
+    old = make_schedule(diffusion, cfg.resolved_respacing())
+    assert plan.schedule.timesteps.tolist() == old.timesteps.tolist()
+    np.testing.assert_array_equal(plan.schedule.alphas_cumprod_prev, old.alphas_cumprod_prev)
+    want = {"clip_denoised": True}
+    if sampler == "ddim":
+        want.update(eta=0.3, use_clipped_model_output=True)
+    if sampler == "ddpm":
+        want["variance"] = "fixed_large"
+    assert plan.knobs == want and plan.record["source"] == "model" and plan.record["scheduler_class"] is None

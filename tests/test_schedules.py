@@ -96,3 +96,35 @@ def test_bad_config_is_a_user_error():
         DiffusionConfig(1000, "quadratic")
     with pytest.raises(GenevalError, match="prediction type"):
         DiffusionConfig(1000, "linear", prediction_type="score")
+
+
+def test_zero_terminal_snr_matches_diffusers():
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+    cfg = DiffusionConfig(1000, "scaled_linear", 0.00085, 0.012, rescale_betas_zero_snr=True)
+    abar = np.cumprod(1 - cfg.betas())
+    assert abar[-1] == 0.0 and abar[0] == pytest.approx(1 - 0.00085)
+    want = rescale_zero_terminal_snr(torch.from_numpy(named_betas("scaled_linear", 1000, 0.00085, 0.012)))
+    np.testing.assert_allclose(cfg.betas(), want.numpy(), rtol=1e-9, atol=1e-12)
+    # The flag is recorded only when set, so older records and cache keys keep their form.
+    assert "rescale_betas_zero_snr" not in DiffusionConfig(1000).to_dict()
+    assert DiffusionConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_adm_convention_is_the_old_schedule():
+    cfg = DiffusionConfig(1000, "linear")
+    for spec in ("ddim25", "250", "10,20"):
+        s = make_schedule(cfg, spec)
+        assert s.convention == "adm" and s.timesteps.tolist() == space_timesteps(1000, spec)
+        np.testing.assert_array_equal(s.alphas_cumprod_prev, np.append(1.0, s.alphas_cumprod[:-1]))
+
+
+def test_final_alpha_and_stride_rules():
+    cfg = DiffusionConfig(1000, "linear")
+    abar = np.cumprod(1 - cfg.betas())
+    s = make_schedule(cfg, 10, "linspace", final_alpha="first", prev_rule="stride")
+    # diffusers' DDIMScheduler steps from t to t − T//N whatever the spacing: 999 → 899, not 888.
+    assert s.timesteps.tolist()[-2:] == [888, 999] and s.alphas_cumprod_prev[-1] == abar[899]
+    assert s.timesteps[0] == 0 and s.alphas_cumprod_prev[0] == abar[0]
+    with pytest.raises(GenevalError, match="final alpha"):
+        make_schedule(cfg, 10, "linspace", final_alpha="zero")

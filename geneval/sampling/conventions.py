@@ -415,15 +415,18 @@ def plan_for(model: Any, cfg: Any) -> SamplingPlan:
     """The SamplingPlan for a LoadedModel and a SamplingConfig (the one call the sampling loop needs).
 
     Reads cfg.sampler, steps, respacing, eta, variance, clip_denoised and, when the config has
-    them, convention_source ("model"/"adm"), respacing_convention and use_clipped_model_output
-    (None or absent: the convention's own choice).
+    them, convention_source ("model"/"adm"; default: the model's info["convention_source"], else
+    "model"), respacing_convention and use_clipped_model_output (None: the convention's choice).
+    clip_denoised None means the convention's (diffusers' clip_sample); while SamplingConfig's
+    field defaults to True, a value equal to that default is read as "not chosen".
     """
     source = getattr(cfg, "convention_source", None) or (getattr(model, "info", None) or {}).get("convention_source") or "model"
     clip = getattr(cfg, "clip_denoised", None)
-    conv = convention_for(model, source)
-    if conv.uses_scheduler and clip is True and not hasattr(cfg, "convention_source"):
-        clip = None  # a SamplingConfig without convention fields has clip_denoised=True by default, not by choice
-    return conv.plan(
+    if dataclasses.is_dataclass(cfg):
+        default = next((f.default for f in dataclasses.fields(cfg) if f.name == "clip_denoised"), None)
+        if isinstance(default, bool) and clip == default:
+            clip = None
+    return convention_for(model, source).plan(
         model.diffusion,
         cfg.sampler,
         cfg.steps,
