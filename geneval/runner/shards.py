@@ -69,7 +69,20 @@ class ShardStore:
                 raise GenevalError(f"{self.dir} holds shards of another job (key mismatch); remove it")
         else:
             atomic_write_text(manifest, json.dumps({"key": self.key}, indent=2, default=str) + "\n")
+        self._sweep_temps()
         return self
+
+    def _sweep_temps(self) -> None:
+        """Remove temporary files a killed writer left, for shards nobody is writing now (their lock is free)."""
+        for tmp in self.dir.glob(".shard_*.npz.*.tmp"):
+            try:
+                k = int(tmp.name.split("_", 1)[1].split(".", 1)[0])
+            except ValueError:
+                continue
+            with self.claim(k, wait=False) as free:
+                if free:
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
 
     def bounds(self, k: int) -> tuple[int, int]:
         lo = k * self.shard_size
@@ -132,13 +145,3 @@ class ShardStore:
         import shutil
 
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def clean_stale_temps(folder: str | os.PathLike) -> int:
-    """Remove temporary files a killed writer left in `folder` (hidden *.tmp); returns how many."""
-    n = 0
-    for p in Path(folder).glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-            n += 1
-    return n

@@ -317,7 +317,6 @@ def sample_to_npz(
     from geneval.runner import distributed
     from geneval.runner.output import NpzStreamWriter, atomic_write_text
     from geneval.runner.shards import ShardStore
-    from geneval.sources.reference import to_rgb
 
     config.validate()
     check_models(model, config, classifier if config.classifier_scale > 0 else None)
@@ -347,18 +346,11 @@ def sample_to_npz(
         if store.done(k):
             resumed += 1
             continue
-        lo, hi = store.bounds(k)
-        labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
-        images, labels = [], []
-        for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi,
-                                batch_size, device, progress and dist.is_main):
-            images.append(to_rgb(b.images))
-            if b.labels is not None:
-                labels.append(b.labels)
-        arrays = {"images": np.concatenate(images), "indices": np.arange(lo, hi)}
-        if labels:
-            arrays["labels"] = np.concatenate(labels)
-        store.save(k, arrays)
+        with store.claim(k, wait=True):  # another job writing this very shard finishes first
+            if store.done(k):
+                resumed += 1
+                continue
+            _sample_shard(store, k, model, config, classes, classifier, batch_size, device, progress and dist.is_main)
     distributed.barrier(dist)
     record.update(shards=store.num_shards, world_size=dist.world)
     if dist.is_main:
@@ -379,3 +371,22 @@ def sample_to_npz(
             shutil.rmtree(out.with_name(out.name + ".shards"), ignore_errors=True)
     distributed.barrier(dist)
     return record
+
+
+def _sample_shard(store: Any, k: int, model: Any, config: SamplingConfig, classes: Any, classifier: Any, batch_size: int,
+                  device: Any, progress: bool) -> None:
+    """Sample shard k (RGB uint8, labels, indices) and write it atomically."""
+    from geneval.sources.reference import to_rgb
+
+    lo, hi = store.bounds(k)
+    labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
+    images, labels = [], []
+    for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi,
+                            batch_size, device, progress):
+        images.append(to_rgb(b.images))
+        if b.labels is not None:
+            labels.append(b.labels)
+    arrays = {"images": np.concatenate(images), "indices": np.arange(lo, hi)}
+    if labels:
+        arrays["labels"] = np.concatenate(labels)
+    store.save(k, arrays)
