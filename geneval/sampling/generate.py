@@ -268,10 +268,11 @@ def generate_range(model, cfg: SamplingConfig, classes, classifier, lo: int, hi:
         if cfg.cfg_s is not None and cfg.cfg_s != 1.0:
             model_fn = cfg_model_fn(net_call, y_model, model.null_class, cfg.cfg_s, C)
         else:
-            model_fn = (lambda a, t, _y=y_model: net_call(a, t, _y))
+            def model_fn(a, t, _y=y_model, _call=net_call):
+                return _call(a, t, _y)
         if use_clf:
             clf_call = _net_call(classifier, index, cfg.align, cfg.autocast_bf16)
-            knobs["cond_fn"] = classifier_cond_fn(lambda a, t: clf_call(a, t), y, cfg.classifier_scale)
+            knobs["cond_fn"] = classifier_cond_fn(clf_call, y, cfg.classifier_scale)
         with torch.no_grad():
             x0 = spec.fn(model_fn, x, schedule, noise, **knobs)
         yield SampleBatch(quantize(x0, cfg.quantize), None if labels is None else labels[idx - lo].copy(), idx)
