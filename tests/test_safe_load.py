@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sys
 import types
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,6 +33,9 @@ def _lightning_checkpoint(monkeypatch, tmp_path: Path) -> tuple[Path, dict[str, 
         def __init__(self):
             self.monitor = "val/loss_simple_ema"
             self.best_model_score = torch.tensor(0.25)
+            self.dirpath = PurePosixPath("/logs/2021-12-01T00-00/checkpoints")
+            self.kth_value = np.float64(0.125)
+            self.current_score = np.float32(-1.5)
 
     class AttributeDict(dict):
         pass
@@ -72,6 +76,9 @@ def test_lightning_callbacks_load_weights(monkeypatch, tmp_path):
     assert torch.equal(out["callbacks"][key]["best_model_score"], torch.tensor(0.5))
     inst = out["callbacks"]["ModelCheckpoint{'monitor': None}"]
     assert inst["__object__"] == key and inst["state"]["monitor"] == "val/loss_simple_ema"
+    # Paths and numpy scores come back as plain str / Python numbers.
+    assert inst["state"]["dirpath"] == "/logs/2021-12-01T00-00/checkpoints"
+    assert inst["state"]["kth_value"] == 0.125 and inst["state"]["current_score"] == -1.5
     assert type(out["hyper_parameters"]) is dict and out["hyper_parameters"]["timesteps"] == 1000
     assert out["optimizer_states"][0]["param_groups"][0]["lr"] == 1e-4
 
@@ -149,6 +156,13 @@ def test_other_classes_refused_and_never_built(monkeypatch, tmp_path, kind):
     assert "\n" not in msg and str(path) in msg and name in msg
     assert "weights_only" not in msg  # torch's advice to turn the check off is not passed on
     assert not marker.exists()
+
+
+def test_numpy_object_scalars_refused(tmp_path):
+    path = tmp_path / "objscalar.ckpt"
+    torch.save({"state_dict": {}, "x": np.array([{"a": 1}], dtype=object)}, path)
+    with pytest.raises(GenevalError, match="refused to unpickle numpy"):
+        load_checkpoint(path)
 
 
 def test_not_a_checkpoint(tmp_path):

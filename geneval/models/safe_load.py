@@ -77,7 +77,12 @@ TYPE_REFERENCES = (
     "builtins.object",
     "builtins.tuple",
 )
-ALLOWED_FOREIGN = LIGHTNING_OBJECTS + DICT_LIKE + OMEGACONF_OBJECTS + TYPE_REFERENCES
+# Values Lightning's callback states hold (ModelCheckpoint.dirpath, numpy scores): rebuilt as str / Python numbers.
+PATHS = ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path", "pathlib.PurePosixPath", "pathlib.PureWindowsPath")
+NUMPY_SCALARS = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
+ALLOWED_FOREIGN = (
+    LIGHTNING_OBJECTS + DICT_LIKE + OMEGACONF_OBJECTS + TYPE_REFERENCES + PATHS + NUMPY_SCALARS + ("numpy.dtype",)
+)
 
 
 class Opaque:
@@ -92,10 +97,40 @@ class Opaque:
         self.state = state
 
 
+def _path(name: str, args: tuple) -> str:
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not all(isinstance(a, str) for a in args):
+        raise pickle.UnpicklingError(f"GLOBAL {name} with non-string parts")
+    return str((PureWindowsPath if "Windows" in name else PurePosixPath)(*args))
+
+
+def _numpy_scalar(name: str, args: tuple) -> int | float | complex | bool:
+    """numpy's scalar(dtype, bytes) for numeric dtypes only, as a Python number (numpy is not asked to unpickle)."""
+    import numpy as np
+
+    dt, data = (args + (None, None))[:2]
+    if not (isinstance(dt, Opaque) and dt.name == "numpy.dtype" and dt.args and isinstance(dt.args[0], str)):
+        raise pickle.UnpicklingError(f"GLOBAL {name} without a plain dtype")
+    dtype = np.dtype(dt.args[0])
+    if dtype.kind not in "biufc" or not isinstance(data, bytes) or len(data) != dtype.itemsize:
+        raise pickle.UnpicklingError(f"GLOBAL {name} of dtype {dt.args[0]!r}")
+    order = dt.state[1] if isinstance(dt.state, tuple) and len(dt.state) > 1 and dt.state[1] in "<>|=" else "="
+    return np.frombuffer(data, dtype=dtype.newbyteorder(order))[0].item()
+
+
 def _stand_in(name: str) -> type:
-    """A class registered under `name` whose construction yields an Opaque (or a plain dict)."""
+    """A class registered under `name` whose construction yields an Opaque (or plain data)."""
     module, _, short = name.rpartition(".")
-    if name in DICT_LIKE:
+    if name in PATHS:
+
+        def new(cls, *args, **kwargs):
+            return _path(name, args)
+    elif name in NUMPY_SCALARS:
+
+        def new(cls, *args, **kwargs):
+            return _numpy_scalar(name, args)
+    elif name in DICT_LIKE:
 
         def new(cls, *args, **kwargs):  # a dict subclass pickles its items via SETITEMS
             return {}
