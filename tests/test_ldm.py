@@ -216,7 +216,7 @@ def _official(name: str):
     return path, spec, unet, ae, cond
 
 
-@pytest.mark.parametrize("name", ["cin256-v2", "lsun_churches-ldm-kl-8", "celebahq-ldm-vq-4"])
+@pytest.mark.parametrize("name", ["cin256-v2", "lsun_churches-ldm-kl-8", "celebahq-ldm-vq-4", "ffhq-ldm-vq-4"])
 def test_official_configs_map_one_to_one(name):
     path, spec, unet, ae, cond = _official(name)
     usd, asd = unet.state_dict(), ae.state_dict()
@@ -236,7 +236,7 @@ def test_official_configs_map_one_to_one(name):
         assert len(theirs) == len(usd) == 688
         assert sum(v.numel() for v in usd.values()) == 400_920_579  # the paper's ~400M cin256 LDM-4
     else:
-        head_ch = 32 if name.startswith("celebahq") else 24  # any divisor: heads shape no tensor
+        head_ch = 24 if name.startswith("lsun") else 32  # any divisor: heads shape no tensor
         converted = to_diffusers_unet(usd, spec.unet, head_ch)
         with torch.device("meta"):
             theirs = diffusers.UNet2DModel(**diffusers_unet2d(spec.unet, head_ch)).state_dict()
@@ -632,3 +632,21 @@ def test_ldm_generator_contract(tmp_path, monkeypatch, one_thread):
     assert (
         d["denoiser"]["checkpoint_sha256"] and d["denoiser"]["config_sha256"] and "ddim" in d["denoiser"]["conventions"]
     )
+
+
+def test_kl_first_stage_decodes_scaled_latents(tmp_path, one_thread):
+    doc = tiny_yaml(scale_by_std=True)
+    fs = doc["model"]["params"]["first_stage_config"]
+    fs["target"] = "ldm.models.autoencoder.AutoencoderKL"
+    fs["params"].pop("n_embed")
+    fs["params"]["ddconfig"]["double_z"] = True
+    ckpt, cfg, mods = write_tiny_ldm(tmp_path, doc)  # no scale_factor buffer: the YAML's value, said so
+    ldm = load_ldm(ckpt, cfg)
+    assert (
+        ldm.first_stage.config.kind == "kl"
+        and ldm.scale_factor == 0.7
+        and "no scale_factor buffer" in ldm.scale_factor_source
+    )
+    z = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ldm.decode_latents(z), mods["ae"].decode(z / 0.7), atol=1e-6)
