@@ -1,0 +1,122 @@
+"""Residual quantisation (geneval.models.autoencoder_rq) and per-depth codebook metrics
+(geneval.metrics.codebook): known usage on a constructed codebook, error falling with depth."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geneval.errors import GenevalError
+from geneval.metrics import codebook as CB
+from geneval.models.autoencoder import AEConfig
+from geneval.models.autoencoder_rq import ResidualQuantizer, RQAutoencoder, fit_residual_codebooks
+from geneval.models.autoencoder_vq import VQAutoencoder
+
+
+def _known_quantizer() -> ResidualQuantizer:
+    # Depth 1: 8 far-apart codes (scale 10); depth 2: 8 small codes (scale 1), so z = C1[a] + C2[b] decodes to (a, b).
+    q = ResidualQuantizer(8, 8, depth=2, shared=False)
+    with torch.no_grad():
+        q.codebooks[0].weight.copy_(torch.eye(8) * 10)
+        q.codebooks[1].weight.copy_(torch.eye(8))
+    return q
+
+
+def test_per_depth_usage_on_a_codebook_with_known_usage():
+    q = _known_quantizer()
+    g = torch.Generator().manual_seed(0)
+    a = torch.arange(4).repeat(50)[torch.randperm(200, generator=g)]  # depth 1: codes 0..3, 50 each
+    b = torch.full((200,), 5)  # depth 2: always code 5
+    z = (q.codebook(0)[a] + q.codebook(1)[b]).view(8, 5, 5, 8).permute(0, 3, 1, 2)
+    idx = q.codes(z)
+    assert idx.shape == (8, 2, 5, 5)
+    assert torch.equal(idx[:, 0].flatten(), a) and torch.equal(idx[:, 1].flatten(), b)
+    d1, d2 = CB.per_depth_usage(idx, 8)
+    assert d1.perplexity == pytest.approx(4.0) and d1.usage == 0.5 and d1.dead == 4 and d1.tokens == 200
+    assert d2.perplexity == pytest.approx(1.0) and d2.usage == 1 / 8 and d2.dead == 7
+    pooled = CB.pooled_usage(idx, 8)  # 0..3 at 1/8 each of 400, code 5 at 1/2
+    p = np.array([0.125] * 4 + [0.5])
+    assert pooled.perplexity == pytest.approx(np.exp(-(p * np.log(p)).sum())) and pooled.dead == 3
+    # The partial sums are the codes' running totals; the full sum reproduces z exactly.
+    s1, s2 = q.partial_sums(idx)
+    assert torch.equal(s2, z) and torch.equal(q.lookup(idx, 1), s1) and torch.equal(q.lookup(idx), z)
+
+
+def test_reconstruction_error_falls_with_depth(one_thread):
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(4000, 4, generator=g) * torch.tensor([3.0, 1.0, 0.5, 0.2])
+    for shared in (False, True):
+        q = ResidualQuantizer(16, 4, depth=4, shared=shared)
+        errs = fit_residual_codebooks(q, latents, iters=15, generator=torch.Generator().manual_seed(2))
+        assert all(e2 < e1 for e1, e2 in zip(errs, errs[1:])), errs
+        assert errs[0] < latents.pow(2).sum(1).mean()
+        # The same numbers through an RQ autoencoder (identity encoder/decoder on 1×1 "images").
+        rq = RQAutoencoder(lambda x: x, lambda z: z, q)
+        images = latents.view(-1, 4, 1, 1)
+        recons, idx = rq.reconstruct_by_depth(images)
+        tally = CB.DepthTally(16, 4).update(idx, images, recons)
+        rows = tally.report()
+        mse = [r["mse"] * 4 for r in rows]  # per value → per vector (4 channels)
+        np.testing.assert_allclose(mse, errs, rtol=1e-4)
+        assert all(r2["psnr"] > r1["psnr"] for r1, r2 in zip(rows, rows[1:]))
+        assert torch.equal(rq.decode_codes(idx), recons[-1])
+
+
+def test_wraps_a_geneval_autoencoder_and_tallies_merge(one_thread):
+    torch.manual_seed(0)
+    cfg = AEConfig(
+        kind="vq",
+        ch=8,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        attn_resolutions=(),
+        in_channels=3,
+        out_ch=3,
+        resolution=8,
+        z_channels=4,
+        embed_dim=4,
+        n_embed=16,
+        num_groups=4,
+    )
+    ae = VQAutoencoder(cfg).eval()
+    q = ResidualQuantizer(16, 4, depth=3)
+    rq = RQAutoencoder(ae.encode, ae.decode, q)
+    assert any(m is ae for m in rq.modules())  # .to()/.eval() reach the wrapped autoencoder
+    x = torch.rand(6, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        fit_residual_codebooks(q, ae.encode(x).permute(0, 2, 3, 1).reshape(-1, 4), iters=5, generator=torch.Generator().manual_seed(0))
+    recons, idx = rq.reconstruct_by_depth(x)
+    assert idx.shape == (6, 3, 4, 4) and len(recons) == 3 and recons[0].shape == x.shape
+    whole = CB.DepthTally(16, 3).update(idx, x, recons)
+    parts = CB.DepthTally(16, 3).update(idx[:2], x[:2], [r[:2] for r in recons]) + CB.DepthTally(16, 3).update(
+        idx[2:], x[2:], [r[2:] for r in recons]
+    )
+    assert np.array_equal(whole.counts, parts.counts) and whole.values == parts.values
+    np.testing.assert_allclose(whole.sse, parts.sse, rtol=1e-12)
+    assert [r["tokens"] for r in whole.report()] == [96, 96, 96]
+
+
+def test_error_closed_form_and_user_errors():
+    x = np.zeros((2, 3, 4, 4))
+    sse, n = CB.squared_error_sums(x, [x + 0.1, x + 0.05, x])
+    rows = CB.error_by_depth(sse, n)
+    assert rows[0]["mse"] == pytest.approx(0.01) and rows[0]["psnr"] == pytest.approx(10 * np.log10(4 / 0.01))
+    assert rows[1]["mse"] == pytest.approx(0.0025) and rows[2]["psnr"] == float("inf")
+    with pytest.raises(GenevalError, match="lie in"):
+        CB.depth_histograms(np.array([[0, 9]]), 8)
+    with pytest.raises(GenevalError, match="shape"):
+        CB.squared_error_sums(x, [x[:1]])
+    with pytest.raises(GenevalError):
+        CB.DepthTally(8, 2) + CB.DepthTally(8, 3)
+
+
+def test_metrics_do_not_import_models():
+    tree = ast.parse(Path(CB.__file__).read_text())
+    mods = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)] + [
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    ]
+    assert not any(m and m.startswith(("geneval.models", "geneval.sampling")) for m in mods)
