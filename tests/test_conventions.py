@@ -233,8 +233,14 @@ def sigma_loop(unet, cls_name: str, sc: dict, steps: int, seed: int = 5) -> torc
 )
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"timestep_spacing": "leading", "steps_offset": 1}, {"timestep_spacing": "trailing"}, {"use_karras_sigmas": True}],
-    ids=["linspace", "leading", "trailing", "karras"],
+    [
+        {},
+        {"timestep_spacing": "leading", "steps_offset": 1},
+        {"timestep_spacing": "trailing"},
+        {"use_karras_sigmas": True},
+        {"final_sigmas_type": "sigma_min"},
+    ],
+    ids=["linspace", "leading", "trailing", "karras", "sigma-min"],
 )
 def test_sigma_solvers_match_diffusers(unet, sampler, cls_name, extra):
     sc = {**SD_STYLE, **extra}
@@ -374,3 +380,39 @@ def test_adm_plan_is_what_sampling_did_before(sampler):
     if sampler == "ddpm":
         want["variance"] = "fixed_large"
     assert plan.knobs == want and plan.record["source"] == "model" and plan.record["scheduler_class"] is None
+
+
+def test_ddpm_learned_range_parity():
+    """A 2C-output net with DDPMScheduler's learned_range, ending at t = 1 (steps_offset 1), so
+    the last step draws noise with diffusers' floored β̃ in the interpolation."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(1)
+    net = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=6,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    ).eval()
+    with torch.no_grad():
+        net.conv_out.weight.mul_(0.03)
+        net.conv_out.bias.mul_(0.03)
+    sc = {**LINEAR, "clip_sample": True, "variance_type": "learned_range", "steps_offset": 1}
+    pipe = DDPMPipeline(net, DDPMScheduler.from_config(sc))
+    pipe.set_progress_bar_config(disable=True)
+    raw = _capture_last_step(pipe.scheduler)
+    img = pipe(batch_size=BATCH, generator=torch.Generator().manual_seed(3), num_inference_steps=10, output_type="pt", return_dict=False)[0]
+    mine = ours(net, sc, "ddpm", 10, seed=3)
+    assert image_err(mine, img) < 1e-4 and rel_err(mine, raw[-1]) < 1e-4
+
+
+def test_dpm_solver_thresholding_and_v_prediction(unet):
+    for extra in ({"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}, {"prediction_type": "v_prediction"}):
+        sc = {**LINEAR, **extra}
+        assert rel_err(ours(unet, sc, "dpmpp_2m", 10), sigma_loop(unet, "DPMSolverMultistepScheduler", sc, 10)) < 1e-4
+    sc = {**LINEAR, "prediction_type": "v_prediction"}
+    assert rel_err(ours(unet, sc, "euler", 10), sigma_loop(unet, "EulerDiscreteScheduler", sc, 10)) < 1e-4

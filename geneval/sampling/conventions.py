@@ -186,8 +186,6 @@ class SchedulerConvention:
             raise GenevalError(
                 "scheduler variance_type 'learned' (raw predicted variance) is not supported; known: fixed_small, fixed_large, learned_range"
             )
-        if cls == "DPMSolverMultistepScheduler" and out["euler_at_final"] and out["final_sigmas_type"] != "zero":
-            raise GenevalError("DPM-Solver euler_at_final with final_sigmas_type 'sigma_min' is not supported")
         return out
 
     def plan(
@@ -362,7 +360,9 @@ def sigma_grid(
                 ts = ts.round()
         else:
             sig = np.interp(ts, np.arange(T), table)
-        extra["lower_order_final"] = bool(fields["lower_order_final"] or fields["euler_at_final"])
+        # For order 2 only the last step can drop to first order (lower_order_second picks 2nd over 3rd).
+        extra["lower_order_final"] = bool(fields["euler_at_final"] or (fields["lower_order_final"] and n < 15))
+        extra["vp_output"] = True
         init = None  # VP solver: x_T = z, i.e. σ-space scale √(σ_0² + 1)
     else:
         # Euler / Heun: float timesteps (linspace is not rounded), σ interpolated linearly in t.

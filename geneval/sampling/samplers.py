@@ -356,6 +356,7 @@ def dpmpp_2m(
     sigma_timesteps=None,
     init_sigma: float | None = None,
     lower_order_final: bool = False,
+    vp_output: bool = False,
     callback: Callback | None = None,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022) in λ = −log σ, multistep on the denoised estimates.
@@ -368,8 +369,11 @@ def dpmpp_2m(
             (diffusers' scheduler rules, see geneval.sampling.conventions).
         sigma_timesteps: the network timestep for each of those σ's (default: log-σ interpolation).
         init_sigma: scale of the initial noise (default σ_0; diffusers: its init_noise_sigma).
-        lower_order_final: first order for the last two steps when there are fewer than 15
-            (diffusers' DPMSolverMultistepScheduler default); the step to σ = 0 is always first order.
+        lower_order_final: first order at the last step even when it ends at σ_min > 0
+            (diffusers' euler_at_final, or lower_order_final with fewer than 15 steps); the
+            step to σ = 0 is always first order.
+        vp_output: return x/√(σ²+1) at the final σ, the VP sample diffusers' DPM-Solver returns
+            (the same as x when the final σ is 0).
     """
     sig, ts = _grid(schedule, karras, rho, sigmas, sigma_timesteps)
     D = _sigma_denoiser(model_fn, schedule, clip_denoised, clip_range, threshold, threshold_max)
@@ -383,7 +387,7 @@ def dpmpp_2m(
             x = den  # the limit of the update as σ' → 0
         else:
             h = math.log(s) - math.log(s_next)
-            if old is None or (lower_order_final and n < 15 and i >= n - 2):
+            if old is None or (lower_order_final and i == n - 1):
                 d = den
             else:
                 r = (math.log(sig[i - 1]) - math.log(s)) / h
@@ -392,6 +396,8 @@ def dpmpp_2m(
         old = den
         if callback:
             callback(i + 1, n)
+    if vp_output:
+        x = x / math.sqrt(sig[-1] ** 2 + 1.0)
     return x
 
 
