@@ -192,6 +192,7 @@ def gather_rows(dist: Dist, index: np.ndarray, rows: np.ndarray) -> np.ndarray |
     tdist.all_gather_object(parts, (index, rows)) if dist.backend == "gloo" else _gather_nccl(dist, parts, index, rows)
     if not dist.is_main:
         return None
+    parts = [p for p in parts if len(p[0])] or parts[:1]  # a rank that owned no shard sends nothing
     idx = np.concatenate([p[0] for p in parts])
     out = np.concatenate([p[1] for p in parts])
     return out[np.argsort(idx, kind="stable")]
