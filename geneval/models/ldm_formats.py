@@ -440,6 +440,10 @@ def split_state_dict(
 # ---------------------------------------------------------------- loading
 
 
+def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
 def load_ldm(
     ckpt: str | os.PathLike, config: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto"
 ) -> LoadedLDM:
@@ -475,11 +479,15 @@ def load_ldm(
     if weights == "ema" and parts["ema"] is None:
         raise GenevalError(f"{where}: --ldm-weights ema, but the checkpoint has no model_ema.* tensors")
     use_ema = parts["ema"] is not None and (weights == "ema" or (weights == "auto" and spec.use_ema))
-    unet, ae, cond = build_ldm_modules(spec, str(config))
-    unet.load_state_dict(parts["ema"] if use_ema else parts["unet"], strict=True)
-    load_checked(ae, parts["first_stage"], f"{where} (first_stage_model.*)", f"{config} first_stage_config")
+    # The meta-device UNet/cond stage take the file's tensors as they are (no 400M-parameter random init).
+    unet, cond = meta_unet, meta_cond
+    unet.load_state_dict(_float32(parts["ema"] if use_ema else parts["unet"]), strict=True, assign=True)
     if cond is not None:
-        cond.load_state_dict(parts["cond_stage"], strict=True)
+        cond.load_state_dict(_float32(parts["cond_stage"]), strict=True, assign=True)
+    if any(t.is_meta for t in (*unet.parameters(), *unet.buffers())):
+        raise GenevalError(f"{where}: internal error: UNet tensors left unloaded")
+    ae = build_autoencoder(first_stage_config(spec.first_stage_target, spec.first_stage_params, None, str(config)))
+    load_checked(ae, parts["first_stage"], f"{where} (first_stage_model.*)", f"{config} first_stage_config")
     if spec.scale_by_std and parts["scale_factor"] is not None:
         scale, source = float(parts["scale_factor"]), "checkpoint buffer (scale_by_std)"
     elif spec.scale_by_std:
