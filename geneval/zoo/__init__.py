@@ -26,6 +26,8 @@ from geneval.errors import GenevalError
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 DEMO_UNET = "demo-unet-fmnist"
 DEMO_CLASSIFIER = "demo-classifier-fmnist"
+DEMO_VQD = "demo-vqd"  # `--model demo-vqd`: VQ-Diffusion on the VQ demo autoencoder's tokens (train_vqd_demo.py)
+DEMO_LDM = "demo-ldm"  # `--model demo-ldm`: tiny DiT on the KL demo autoencoder's latents (train_latent_demo.py)
 
 
 def _reference_dir() -> Path:
@@ -62,6 +64,24 @@ def demo_model_path() -> Path:
 def demo_classifier_path() -> Path:
     """Folder of the shipped demo noisy classifier (native format)."""
     return _checkpoint(DEMO_CLASSIFIER)
+
+
+def demo_ldm_path() -> Path:
+    """Folder of the shipped latent demo (tiny DiT + the ae-kl-fmnist decoder; load with
+    geneval.sampling.latent.load_demo_ldm)."""
+    p = CHECKPOINT_DIR / DEMO_LDM
+    if not (p / "model.safetensors").exists():
+        raise GenevalError(f"demo checkpoint {DEMO_LDM} is missing from {CHECKPOINT_DIR}; train it with python -m geneval.zoo.train_latent_demo")
+    return p
+
+
+def demo_vqd_path() -> Path:
+    """Folder of the shipped discrete demo (VQ-Diffusion transformer over ae-vq-fmnist tokens; load with
+    geneval.models.discrete_generator.load_vqdiffusion("demo-vqd"))."""
+    p = CHECKPOINT_DIR / DEMO_VQD
+    if not (p / "model.safetensors").exists():
+        raise GenevalError(f"demo checkpoint {DEMO_VQD} is missing from {CHECKPOINT_DIR}; train it with python -m geneval.zoo.train_vqd_demo")
+    return p
 
 
 def _sha256(path: Path) -> str:
