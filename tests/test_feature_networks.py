@@ -361,3 +361,16 @@ def test_resize_paths_close_and_identity():
     assert torch.allclose(resize_bicubic(same, 48, "torch"), same.float(), atol=1e-4)
     with pytest.raises(GenevalError, match="unknown resize"):
         resize_bicubic(x, 48, "bilinear")
+
+
+@pytest.mark.slow  # converts and runs the full TF-Inception twice (~40 s on a loaded 2-core box)
+def test_inception_entry_delegates_to_the_existing_extractor(one_thread):
+    from geneval.features.extract import FeatureExtractor
+
+    imgs = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    net = get_network("inception").build(resize="tf")
+    out = net(imgs)
+    want = FeatureExtractor(mode="tf", device="cpu").extract(imgs)
+    assert set(out) >= {"pool3", "spatial"} and out["pool3"].shape == (2, 2048)
+    assert torch.allclose(out["pool3"], want["pool3"], atol=1e-5)
+    assert net.describe()["weights_sha256"] == get_network("inception").check()["weights_sha256"]

@@ -51,9 +51,7 @@ def _open_clip():
     try:
         import open_clip
     except ImportError:
-        raise GenevalError(
-            "CLIP features need open_clip: pip install 'open_clip_torch>=2.24'"
-        ) from None
+        raise GenevalError("CLIP features need open_clip: pip install 'open_clip_torch>=2.24'") from None
     return open_clip
 
 
@@ -93,9 +91,7 @@ def official_visual_layout(visual: nn.Module) -> dict[str, tuple[int, ...]]:
     return {f"visual.{k}": tuple(v.shape) for k, v in visual.state_dict().items()}
 
 
-def convert_openai_state(
-    state: Mapping[str, Any], visual: nn.Module
-) -> dict[str, torch.Tensor]:
+def convert_openai_state(state: Mapping[str, Any], visual: nn.Module) -> dict[str, torch.Tensor]:
     """The ``visual.*`` tensors of an OpenAI-layout CLIP state dict, renamed for `visual`, in float32.
 
     Args:
@@ -104,26 +100,18 @@ def convert_openai_state(
     """
     if "visual.proj" not in state and "visual.class_embedding" not in state:
         if any(k.startswith("visual.trunk.") for k in state):
-            raise GenevalError(
-                "this is an open_clip checkpoint with a timm vision trunk, not the OpenAI CLIP layout"
-            )
-        raise GenevalError(
-            "not an OpenAI-layout CLIP state dict (no visual.class_embedding / visual.proj)"
-        )
+            raise GenevalError("this is an open_clip checkpoint with a timm vision trunk, not the OpenAI CLIP layout")
+        raise GenevalError("not an OpenAI-layout CLIP state dict (no visual.class_embedding / visual.proj)")
     expected = official_visual_layout(visual)
     got = {k for k in state if k.startswith("visual.")}
     missing, extra = sorted(set(expected) - got), sorted(got - set(expected))
     if missing or extra:
-        raise GenevalError(
-            f"CLIP image tower does not match ViT-L/14@336: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
+        raise GenevalError(f"CLIP image tower does not match ViT-L/14@336: missing {missing[:3]}, unexpected {extra[:3]}")
     out = {}
     for k, shape in expected.items():
         v = state[k]
         if tuple(v.shape) != shape:
-            raise GenevalError(
-                f"CLIP tensor {k} has shape {tuple(v.shape)}, expected {shape}"
-            )
+            raise GenevalError(f"CLIP tensor {k} has shape {tuple(v.shape)}, expected {shape}")
         out[k[len("visual.") :]] = v.to(torch.float32)
     return out
 
@@ -148,11 +136,7 @@ def load_openai_file(path: str | Path) -> dict[str, torch.Tensor]:
                 module = torch.jit.load(str(p), map_location="cpu")
             except RuntimeError as e:
                 raise GenevalError(f"cannot load {p} as TorchScript: {e}") from None
-            return {
-                k: v
-                for k, v in module.state_dict().items()
-                if k not in _NON_TENSOR_KEYS
-            }
+            return {k: v for k, v in module.state_dict().items() if k not in _NON_TENSOR_KEYS}
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, OSError, ValueError, EOFError) as e:
@@ -201,9 +185,12 @@ class CLIPFeatures(nn.Module):
         Args:
             images: uint8 batch (NHWC numpy or NCHW/NHWC tensor); grayscale is repeated to RGB.
         """
-        x = center_crop_square(to_nchw_uint8(images))
-        x = resize_bicubic(x.contiguous(), self.input_size, self.resize)
-        return normalize(x, CLIP_MEAN, CLIP_STD).to(self.visual.class_embedding.device)
+        device = self.visual.class_embedding.device
+        x = center_crop_square(to_nchw_uint8(images)).contiguous()
+        if self.resize == "torch":
+            x = x.to(device)  # resize where the network runs; PIL works on the CPU copy
+        x = resize_bicubic(x, self.input_size, self.resize)
+        return normalize(x.to(device), CLIP_MEAN, CLIP_STD)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -257,9 +244,7 @@ def build_clip(
     from geneval.weights import resolve_weight_file
 
     if resize not in RESIZE_MODES:
-        raise GenevalError(
-            f"unknown resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}"
-        )
+        raise GenevalError(f"unknown resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}")
     if isinstance(weights, Mapping):
         state, provenance = weights, {"weights": "state dict given in memory"}
     else:

@@ -37,9 +37,7 @@ from geneval.features.resize import to_nchw_uint8
 INPUT_SIZE = 224
 PATCH = 14
 PRETRAIN_GRID = 37  # official img_size 518 = 37 × 14
-INTERPOLATE_OFFSET = (
-    0.1  # dinov2 hub default (interpolate_offset=0.1, interpolate_antialias=False)
-)
+INTERPOLATE_OFFSET = 0.1  # dinov2 hub default (interpolate_offset=0.1, interpolate_antialias=False)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,9 +63,7 @@ def _timm():
     try:
         import timm
     except ImportError:
-        raise GenevalError(
-            "DINOv2 features need timm: pip install 'timm>=1.0'"
-        ) from None
+        raise GenevalError("DINOv2 features need timm: pip install 'timm>=1.0'") from None
     return timm
 
 
@@ -79,18 +75,14 @@ def build_vit(arch: str = "vitl14", **overrides: Any) -> nn.Module:
         overrides: timm constructor arguments (tests shrink embed_dim / depth / num_heads).
     """
     if arch not in ARCHS:
-        raise GenevalError(
-            f"unknown DINOv2 architecture {arch!r}: choose one of {', '.join(ARCHS)}"
-        )
+        raise GenevalError(f"unknown DINOv2 architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     kwargs = {"pretrained": False, "num_classes": 0, "img_size": INPUT_SIZE}
     kwargs.update(overrides)
     vit = _timm().create_model(ARCHS[arch]["timm"], **kwargs)
     return vit.eval().requires_grad_(False)
 
 
-def official_layout(
-    vit: nn.Module, pretrain_grid: int = PRETRAIN_GRID
-) -> dict[str, tuple[int, ...]]:
+def official_layout(vit: nn.Module, pretrain_grid: int = PRETRAIN_GRID) -> dict[str, tuple[int, ...]]:
     """Names and shapes the official dinov2 state dict has for this network (mask_token included).
 
     Args:
@@ -104,9 +96,7 @@ def official_layout(
     return shapes
 
 
-def interpolate_pos_embed(
-    pos_embed: torch.Tensor, grid: int, offset: float = INTERPOLATE_OFFSET
-) -> torch.Tensor:
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int, offset: float = INTERPOLATE_OFFSET) -> torch.Tensor:
     """The official ``interpolate_pos_encoding`` for a square grid, in float32.
 
     Args:
@@ -118,31 +108,23 @@ def interpolate_pos_embed(
     n = pos.shape[1] - 1
     m = math.isqrt(n)
     if m * m != n:
-        raise GenevalError(
-            f"DINOv2 pos_embed has {n} patch positions, not a square grid"
-        )
+        raise GenevalError(f"DINOv2 pos_embed has {n} patch positions, not a square grid")
     if m == grid:
         return pos.clone()  # the official model uses it unchanged on its own grid
     dim = pos.shape[-1]
     patch = pos[:, 1:].reshape(1, m, m, dim).permute(0, 3, 1, 2)
     if offset:
         scale = float(grid + offset) / m
-        patch = F.interpolate(
-            patch, scale_factor=(scale, scale), mode="bicubic", antialias=False
-        )
+        patch = F.interpolate(patch, scale_factor=(scale, scale), mode="bicubic", antialias=False)
     else:
         patch = F.interpolate(patch, size=(grid, grid), mode="bicubic", antialias=False)
     if patch.shape[-2:] != (grid, grid):
-        raise GenevalError(
-            f"DINOv2 pos_embed interpolation gave {tuple(patch.shape[-2:])}, expected {grid}×{grid}"
-        )
+        raise GenevalError(f"DINOv2 pos_embed interpolation gave {tuple(patch.shape[-2:])}, expected {grid}×{grid}")
     patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)
     return torch.cat([pos[:, :1], patch], dim=1)
 
 
-def convert_official_state(
-    state: Mapping[str, torch.Tensor], vit: nn.Module
-) -> dict[str, torch.Tensor]:
+def convert_official_state(state: Mapping[str, torch.Tensor], vit: nn.Module) -> dict[str, torch.Tensor]:
     """Map an official dinov2 state dict onto `vit` (see module docstring); exact key set required.
 
     Args:
@@ -151,15 +133,10 @@ def convert_official_state(
     """
     if "register_tokens" in state:
         raise GenevalError(
-            "this is a DINOv2 checkpoint with registers (…_reg4_pretrain.pth); FD-DINOv2 uses the "
-            "plain backbone (dinov2_vitl14_pretrain.pth)"
+            "this is a DINOv2 checkpoint with registers (…_reg4_pretrain.pth); FD-DINOv2 uses the plain backbone (dinov2_vitl14_pretrain.pth)"
         )
     grid = vit.patch_embed.grid_size[0]
-    m = (
-        math.isqrt(max(state["pos_embed"].shape[1] - 1, 0))
-        if "pos_embed" in state
-        else PRETRAIN_GRID
-    )
+    m = math.isqrt(max(state["pos_embed"].shape[1] - 1, 0)) if "pos_embed" in state else PRETRAIN_GRID
     expected = official_layout(vit, m)
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -170,9 +147,7 @@ def convert_official_state(
         )
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
-            raise GenevalError(
-                f"DINOv2 tensor {k} has shape {tuple(state[k].shape)}, expected {shape}"
-            )
+            raise GenevalError(f"DINOv2 tensor {k} has shape {tuple(state[k].shape)}, expected {shape}")
     out = {k: v.to(torch.float32) for k, v in state.items() if k != "mask_token"}
     out["pos_embed"] = interpolate_pos_embed(state["pos_embed"], grid)
     return out
@@ -242,9 +217,12 @@ class DINOv2Features(nn.Module):
         Args:
             images: uint8 batch; grayscale is repeated to RGB.
         """
+        device = self.vit.cls_token.device
         x = to_nchw_uint8(images)
+        if self.resize == "torch":
+            x = x.to(device)  # resize where the network runs; PIL works on the CPU copy
         x = resize_bicubic(x, INPUT_SIZE, self.resize)
-        return normalize(x, IMAGENET_MEAN, IMAGENET_STD).to(self.vit.cls_token.device)
+        return normalize(x.to(device), IMAGENET_MEAN, IMAGENET_STD)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,19 +278,13 @@ def build_dinov2(
     from geneval.weights import resolve_weight_file
 
     if resize not in RESIZE_MODES:
-        raise GenevalError(
-            f"unknown resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}"
-        )
+        raise GenevalError(f"unknown resize {resize!r}: choose one of {', '.join(RESIZE_MODES)}")
     if arch not in ARCHS:
-        raise GenevalError(
-            f"unknown DINOv2 architecture {arch!r}: choose one of {', '.join(ARCHS)}"
-        )
+        raise GenevalError(f"unknown DINOv2 architecture {arch!r}: choose one of {', '.join(ARCHS)}")
     if isinstance(weights, Mapping):
         state, provenance = weights, {"weights": "state dict given in memory"}
     else:
-        resolved = resolve_weight_file(
-            ARCHS[arch]["weights"], weights, allow_download=allow_download
-        )
+        resolved = resolve_weight_file(ARCHS[arch]["weights"], weights, allow_download=allow_download)
         state, provenance = load_state_file(resolved.path), resolved.describe()
     vit = build_vit(arch, **overrides)
     vit.load_state_dict(convert_official_state(state, vit), strict=True)
