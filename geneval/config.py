@@ -45,6 +45,16 @@ class RunConfig:
         run_id: report folder name; None = a fresh sortable id.
         progress: show tqdm progress bars on stderr.
         shard_size: samples per resumable shard (a killed run restarts from its finished shards).
+        model_flags: guided-diffusion flags ("--image_size 64 --num_channels 192 ...") for a .pt no preset covers.
+        model_config: the LDM YAML of a CompVis `.ckpt` (latent diffusion).
+        vae: the first-stage autoencoder of a DiT checkpoint (diffusers folder, .safetensors or .ckpt).
+        cfg_channels: DiT classifier-free guidance on "official" (first 3 latent channels, as DiT's
+            sample.py) or "all" channels (diffusers' DiTPipeline); None: the model family's default.
+        vq: the VQ tokenizer decoding a VQ-Diffusion checkpoint's tokens.
+        truncation_rate: VQ-Diffusion's truncation r in (0, 1]; None: the checkpoint's default.
+        upsampler: an ADM super-resolution checkpoint: the run becomes a base → upsampler cascade.
+        upsampler_preset: its preset when its file name is not a known release.
+        upsampler_sampler, upsampler_steps: the upsampler stage's sampler (ADM: ddpm, 250 steps).
     """
 
     model: str | None = None
@@ -68,6 +78,16 @@ class RunConfig:
     run_id: str | None = None
     progress: bool = True
     shard_size: int = 1000
+    model_flags: str | None = None
+    model_config: str | None = None
+    vae: str | None = None
+    cfg_channels: str | None = None
+    vq: str | None = None
+    truncation_rate: float | None = None
+    upsampler: str | None = None
+    upsampler_preset: str | None = None
+    upsampler_sampler: str = "ddpm"
+    upsampler_steps: int = 250
 
     def __post_init__(self) -> None:
         if self.n < 1:

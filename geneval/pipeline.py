@@ -98,14 +98,15 @@ def sampling_config(cfg: RunConfig):
                           convention=cfg.convention or "w", classifier_scale=cfg.classifier_scale, seed=cfg.seed)
 
 
-def _load(path: str, what: str, preset: str | None, device: str | None):
+def _load(path: str, what: str, preset: str | None, device: str | None, model_flags: str | None = None):
     """load_model with every failure (corrupt file, wrong keys) turned into a one-line GenevalError."""
     from geneval.models.formats import load_model
 
+    flags = {"model_flags": model_flags} if model_flags else {}
     try:
         from geneval.runner.distributed import current, device_for
 
-        return load_model(path, preset=preset, device=device_for(current(), device))
+        return load_model(path, preset=preset, device=device_for(current(), device), **flags)
     except GenevalError as e:
         raise GenevalError(f"{what} checkpoint {path} does not load: {e}") from None
     except Exception as e:  # safetensors / torch raise their own types for damaged files
@@ -138,16 +139,18 @@ def preflight(cfg: RunConfig) -> RunPlan:
     need_logits = any("logits" in get_metric(m).needs for m in names)
     weights = resolve_inception(None, need_logits=need_logits)  # MissingWeightsError names the file
 
-    demo = cfg.model is None
+    from geneval import zoo
+
+    demo = cfg.model is None or cfg.model in DEMO_GENERATORS
     # A mistyped path is the likeliest error; say so before asking for anything else.
-    for what, path in (("model", cfg.model), ("classifier", cfg.classifier)):
-        if path is not None and path != "demo" and not Path(path).exists():
-            raise GenevalError(f"{what} checkpoint not found: {path}")
+    for what, path in (("model", cfg.model), ("classifier", cfg.classifier), ("--upsampler", cfg.upsampler),
+                       ("--vae", cfg.vae), ("--model-config", cfg.model_config), ("--vq", cfg.vq)):
+        if path is not None and path != "demo" and path not in DEMO_GENERATORS and not Path(path).exists():
+            raise GenevalError(f"{what} checkpoint not found: {path}" if what in ("model", "classifier") else f"{what} not found: {path}")
     needs_ref = [m for m in names if get_metric(m).needs_ref]
     if demo:
-        from geneval import zoo
-
-        cfg = cfg.replace(model=str(zoo.demo_model_path()))
+        if cfg.model is None:
+            cfg = cfg.replace(model=str(zoo.demo_model_path()))
         if cfg.ref is None and needs_ref:
             cfg = cfg.replace(ref=str(zoo.demo_reference(cfg.mode)))
     ref_src = None
@@ -172,13 +175,72 @@ def preflight(cfg: RunConfig) -> RunPlan:
 
     check_writable(cache_dir() / "runs", "cache folder (GENEVAL_CACHE)")
 
-    model = _load(cfg.model, "model", cfg.preset, cfg.device)
-    classifier = _load(cfg.classifier, "classifier", None, cfg.device) if cfg.classifier else None
     sampling = sampling_config(cfg)
     sampling.validate()
-    check_models(model, sampling, classifier)  # CFG needs a null class, classifier fits the model, respacing valid
+    try:
+        generator = load_generator(cfg, sampling)
+    except GenevalError:
+        raise
+    except Exception as e:  # noqa: BLE001  (torch / safetensors raise their own types for damaged files)
+        msg = " ".join(str(e).split())[:200]
+        raise GenevalError(f"model {cfg.model} does not load ({type(e).__name__}: {msg})") from None
+    model = classifier = None
+    if generator is None:
+        model = _load(cfg.model, "model", cfg.preset, cfg.device, cfg.model_flags)
+        classifier = _load(cfg.classifier, "classifier", None, cfg.device) if cfg.classifier else None
+        check_models(model, sampling, classifier)  # CFG needs a null class, classifier fits the model, respacing valid
     bias = check_sizes(names, cfg.n, None if ref_src is None else ref_src.n, _metric_options(cfg))
-    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo)
+    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo, generator)
+
+
+DEMO_GENERATORS = ("demo-ldm", "demo-vqd")
+
+
+def load_generator(cfg: RunConfig, sampling: Any) -> Any:
+    """The latent / discrete / cascade generator a configuration asks for; None for a pixel-space UNet.
+
+    Which one follows from the flags: `--upsampler` (ADM cascade), `--vae` (DiT and other latent
+    denoisers), `--model-config` (a CompVis LDM .ckpt + YAML), `--vq` or a VQ-Diffusion folder
+    (discrete tokens), or the shipped `demo-ldm` / `demo-vqd`. Every loader raises a one-line
+    GenevalError for a file it cannot use, before any sampling.
+    """
+    from geneval.runner.distributed import current, device_for
+
+    device = device_for(current(), cfg.device)
+    quantize = None
+    if cfg.model == "demo-ldm":
+        from geneval.sampling.latent import load_demo_ldm
+
+        gen = load_demo_ldm(device=device, **({"cfg_channels": cfg.cfg_channels} if cfg.cfg_channels else {}))
+    elif cfg.model == "demo-vqd" or cfg.vq is not None:
+        from geneval.models.discrete_generator import load_vqdiffusion
+
+        kw: dict[str, Any] = {} if cfg.truncation_rate is None else {"truncation_rate": cfg.truncation_rate}
+        gen = load_vqdiffusion(cfg.model, vq=cfg.vq, device=device, **kw)
+    elif cfg.upsampler is not None:
+        from geneval.sampling.cascade import UpsamplerSampling, load_cascade
+
+        gen = load_cascade(cfg.model, cfg.upsampler, base_preset=cfg.preset, upsampler_preset=cfg.upsampler_preset,
+                           base_flags=cfg.model_flags, classifier=cfg.classifier,
+                           upsampler_sampling=UpsamplerSampling(sampler=cfg.upsampler_sampler, steps=cfg.upsampler_steps),
+                           device=device)
+    elif cfg.model_config is not None:
+        from geneval.models.ldm_formats import load_ldm_generator
+
+        gen = load_ldm_generator(cfg.model, cfg.model_config, device=device, quantize=quantize)
+    elif cfg.vae is not None:
+        from geneval.sampling.latent import load_dit_generator
+
+        gen = load_dit_generator(cfg.model, cfg.vae, cfg_channels=cfg.cfg_channels, device=device)
+    else:
+        for flag, value in (("--cfg-channels", cfg.cfg_channels), ("--truncation-rate", cfg.truncation_rate)):
+            if value is not None:
+                raise GenevalError(f"{flag} applies to latent (DiT) or VQ-Diffusion models; {cfg.model} is a pixel-space UNet")
+        return None
+    check = getattr(gen, "check", None)
+    if check is not None:
+        check(sampling)
+    return gen
 
 
 def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
@@ -201,7 +263,12 @@ def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
         raise GenevalError(f"report folder {run_dir} already exists: pick another --run-id")
     sampling = sampling_config(cfg)
     sampling.validate()
-    check_models(plan.model, sampling, plan.classifier)
+    if plan.generator is not None:
+        check = getattr(plan.generator, "check", None)
+        if check is not None:
+            check(sampling)
+    else:
+        check_models(plan.model, sampling, plan.classifier)
     return dataclasses.replace(plan, config=cfg.replace(run_id=run_dir.name), run_dir=run_dir, sampling=sampling)
 
 
@@ -442,7 +509,9 @@ def _model_sha(plan: RunPlan) -> str | None:
 
 
 def _model_name(plan: RunPlan) -> str:
-    return "demo-unet-fmnist" if plan.demo else str(plan.config.model)
+    if plan.demo and plan.generator is None:
+        return "demo-unet-fmnist"
+    return str(plan.config.model)
 
 
 def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:

@@ -25,6 +25,16 @@ _BS = typer.Option(None, "--batch-size", min=1, help="Samples per sampler/featur
 _DEVICE = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu).")
 _MODE = typer.Option(None, "--mode", help=f"Feature preprocessing: {vocab.choices_help('mode')}; default tf.")
 _PREC = typer.Option(None, "--precision", help=f"Feature precision: {vocab.choices_help('precision')}; default exact.")
+_FLAGS = typer.Option(None, "--model-flags", help="guided-diffusion flags for a .pt no preset covers, e.g. '--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True' (their names and defaults).")
+_MCONFIG = typer.Option(None, "--model-config", help="LDM YAML of a CompVis .ckpt (latent diffusion); `--config model.yaml` works too.")
+_VAE = typer.Option(None, "--vae", help="First-stage autoencoder of a DiT checkpoint: diffusers folder (sd-vae-ft-ema), .safetensors or .ckpt.")
+_CFGCH = typer.Option(None, "--cfg-channels", help="DiT CFG on 'official' (first 3 latent channels, DiT's sample.py) or 'all' channels (diffusers' DiTPipeline).")
+_VQ = typer.Option(None, "--vq", help="VQ tokenizer (taming VQGAN .ckpt) decoding a VQ-Diffusion checkpoint's tokens.")
+_TRUNC = typer.Option(None, "--truncation-rate", min=0.0, max=1.0, help="VQ-Diffusion truncation r in (0, 1] (default: the checkpoint's).")
+_UP = typer.Option(None, "--upsampler", help="ADM super-resolution checkpoint: run the base → upsampler cascade in one stream.")
+_UP_PRESET = typer.Option(None, "--upsampler-preset", help="Upsampler preset when its file name is not a known release.")
+_UP_SAMPLER = typer.Option(None, "--upsampler-sampler", help="Upsampler stage sampler (default ddpm, as ADM's super_res_sample.py).")
+_UP_STEPS = typer.Option(None, "--upsampler-steps", min=1, help="Upsampler stage steps (default 250).")
 _SHARD = typer.Option(None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size.")
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
@@ -37,17 +47,22 @@ def _setup_logging() -> None:
 
 
 def _resolve(config: Path | None, flags: dict[str, Any]):
-    """Defaults (demo defaults without a model) ← TOML ← flags."""
+    """Defaults (demo defaults for the shipped demos) ← TOML ← flags; `--config x.yaml` is an LDM model config."""
     from geneval import zoo
     from geneval.config import load_toml, resolve_run_config
 
+    if config is not None and config.suffix.lower() in (".yaml", ".yml"):
+        flags, config = {**flags, "model_config": flags.get("model_config") or str(config)}, None
     toml = load_toml(config) if config is not None else {}
     if flags.get("classifier") == "demo":
         flags["classifier"] = str(zoo.demo_classifier_path())
     model = flags.get("model") or toml.get("model")
-    if model is None:
-        demo = {k: v for k, v in zoo.DEMO_RUN_DEFAULTS.items() if flags.get(k) is None and k not in toml}
-        flags = {**flags, **{k: v for k, v in demo.items()}}
+    if model is None or model in ("demo-ldm", "demo-vqd"):
+        demo = dict(zoo.DEMO_RUN_DEFAULTS)
+        if model is not None:  # the latent and discrete demos keep their own samplers' step counts
+            demo.pop("steps", None)
+        demo = {k: v for k, v in demo.items() if flags.get(k) is None and k not in toml}
+        flags = {**flags, **demo}
     return resolve_run_config(toml, **flags)
 
 
@@ -93,6 +108,16 @@ def register(app: typer.Typer) -> None:
         config: Path | None = _CONFIG,
         progress: bool = _PROGRESS,
         shard_size: int | None = _SHARD,
+        model_flags: str | None = _FLAGS,
+        model_config: str | None = _MCONFIG,
+        vae: str | None = _VAE,
+        cfg_channels: str | None = _CFGCH,
+        vq: str | None = _VQ,
+        truncation_rate: float | None = _TRUNC,
+        upsampler: str | None = _UP,
+        upsampler_preset: str | None = _UP_PRESET,
+        upsampler_sampler: str | None = _UP_SAMPLER,
+        upsampler_steps: int | None = _UP_STEPS,
     ) -> None:
         """Sample from a checkpoint and score the samples in one streaming pass.
 
@@ -101,6 +126,10 @@ def register(app: typer.Typer) -> None:
         Fashion-MNIST test statistics) at a small N that finishes in minutes on a CPU.
 
         Example: geneval run --model ckpt/ --metrics fid,pr --ref ref.npz --num-samples 50000 --steps 25 --guidance 1.5 --convention w
+
+        Latent and discrete models: --model DiT-XL-2-256x256.pt --vae sd-vae-ft-ema/; --model ldm.ckpt --config model.yaml;
+        --model vqdiff.pth --vq vqgan.ckpt; cascades: --model 128x128_diffusion.pt --upsampler 128_512_upsampler.pt;
+        the offline demos: --model demo-ldm, --model demo-vqd.
 
         Many GPUs: torchrun --standalone --nproc-per-node 8 -m geneval run --model ckpt/ --num-samples 50000 ...
         """
@@ -113,7 +142,11 @@ def register(app: typer.Typer) -> None:
                                     guidance=guidance, convention=convention, classifier=classifier,
                                     classifier_scale=classifier_scale, seed=seed, batch_size=batch_size, device=device,
                                     mode=mode, precision=precision, save_samples=save_samples, out_dir=out_dir,
-                                    run_id=run_id, preset=preset, progress=progress, shard_size=shard_size))
+                                    run_id=run_id, preset=preset, progress=progress, shard_size=shard_size,
+                                    model_flags=model_flags, model_config=model_config, vae=vae, cfg_channels=cfg_channels,
+                                    vq=vq, truncation_rate=truncation_rate, upsampler=upsampler,
+                                    upsampler_preset=upsampler_preset, upsampler_sampler=upsampler_sampler,
+                                    upsampler_steps=upsampler_steps))
         if cfg.model is None and distributed.current().is_main:
             print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler} {cfg.steps} steps)", file=sys.stderr)
         rs = run_config(cfg)
