@@ -248,3 +248,20 @@ def test_demo_ldm_loads_and_samples():
     cfg = SamplingConfig(n=2, sampler="ddim", steps=3, guidance=2.0, convention="s", seed=0)
     img = gen.generate(np.arange(2), np.array([1, 7]), cfg, "cpu")
     assert img.shape == (2, 32, 32, 3) and img.dtype == np.uint8 and img.std() > 0
+
+
+def test_load_latent_generator_dispatch_and_untrained_baseline(tmp_path):
+    from geneval.sampling.latent import load_latent_generator
+    from geneval.zoo.train_latent_demo import save_untrained
+
+    demo = load_latent_generator("demo-ldm", cfg_channels=None, scale_factor=None, arch=None)
+    with pytest.raises(GenevalError, match="drop --vae"):
+        load_latent_generator("demo-ldm", "demo-kl")
+    with pytest.raises(GenevalError, match="DiT checkpoints only"):
+        load_latent_generator("demo-ldm", scale_factor=1.0)
+    untrained = load_latent_generator(save_untrained(tmp_path / "u"))
+    assert untrained.describe()["latent_shape"] == demo.describe()["latent_shape"]
+    assert untrained.first_stage.scale_factor == demo.first_stage.scale_factor
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 500]), torch.tensor([1, 10])
+    with torch.no_grad():
+        assert not torch.allclose(untrained.net(x, t, y), demo.net(x, t, y))

@@ -406,6 +406,37 @@ def load_latent_native(
     )
 
 
+def is_latent_native(path: str | os.PathLike) -> bool:
+    """True for a geneval DiT folder that records its autoencoder (config.json with a "latent" section)."""
+    cfg = Path(path) / "config.json"
+    try:
+        doc = json.loads(cfg.read_text(encoding="utf-8")) if cfg.is_file() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == "geneval-dit" and isinstance(doc.get("latent"), dict)
+
+
+def load_latent_generator(model: str | os.PathLike, vae: str | os.PathLike | None = None, **kw: Any) -> LatentGenerator:
+    """One entry for `geneval run --model X [--vae V]`: "demo-ldm", a geneval latent folder (its own
+    autoencoder; --vae is then an error), or a DiT checkpoint decoded by --vae (see load_dit_generator).
+
+    Args:
+        model: --model. vae: --vae. kw: load_dit_generator's keyword arguments (or, for native
+            folders, cfg_channels / quantize / decode_dtype / device).
+    """
+    text = os.fspath(model)
+    native = text == "demo-ldm" or is_latent_native(text)
+    if native:
+        if vae is not None:
+            raise GenevalError(f"{text} carries its own autoencoder; drop --vae")
+        kw = {k: v for k, v in kw.items() if v is not None}  # unset CLI options arrive as None
+        bad = sorted(set(kw) - {"cfg_channels", "quantize", "decode_dtype", "device"})
+        if bad:
+            raise GenevalError(f"{text} is a geneval latent model; option(s) {', '.join(bad)} apply to DiT checkpoints only")
+        return load_demo_ldm(**kw) if text == "demo-ldm" else load_latent_native(text, **kw)
+    return load_dit_generator(model, vae, **kw)
+
+
 def load_demo_ldm(device: torch.device | str = "cpu", **kw: Any) -> LatentGenerator:
     """The shipped latent demo (`--model demo-ldm`): a tiny DiT on the KL demo autoencoder's latents."""
     from geneval.zoo import demo_ldm_path

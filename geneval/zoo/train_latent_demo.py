@@ -4,6 +4,7 @@ autoencoder's (ae-kl-fmnist) Fashion-MNIST latents (4×8×8 per 32×32 image).
 Usage (what produced the shipped checkpoint is recorded in its config.json):
     python -m geneval.zoo.train_latent_demo train --minutes 25 --threads 1 --work /tmp/ldm-work
     python -m geneval.zoo.train_latent_demo export --work /tmp/ldm-work --out geneval/zoo/checkpoints/demo-ldm
+    python -m geneval.zoo.train_latent_demo untrained --out /tmp/demo-ldm-untrained   # the untrained baseline
 
 Why a DiT and not a small ADM UNet: at equal parameter count the DiT (patch 2 → 16 tokens) was
 faster per training step and per sample on one CPU thread (measured: 1.2 s vs 1.25 s per batch of
@@ -232,10 +233,30 @@ def export(work: Path, out: Path, fp16: bool = True, note: str | None = None) ->
     return save_native_dit(net, out, extra)
 
 
+def save_untrained(out: Path, seed: int = 0, like: Path | None = None) -> Path:
+    """The README's "untrained" baseline: DEMO_DIT with PyTorch's default initialisation under
+    torch.manual_seed(seed) (not DiT's zero init, which would predict ε = 0), with the shipped demo's
+    latent/diffusion/sampling record so it loads and samples exactly like demo-ldm.
+
+    Args:
+        out: destination folder.
+        seed: torch seed of the initialisation.
+        like: the trained demo folder whose config.json is copied (default: the shipped demo-ldm).
+    """
+    from geneval.zoo import demo_ldm_path
+
+    doc = json.loads(((like or demo_ldm_path()) / "config.json").read_text(encoding="utf-8"))
+    torch.manual_seed(seed)
+    net = DiT(DEMO_DIT)
+    extra = {k: v for k, v in doc.items() if k not in ("format", "config", "training")}
+    extra.update(name="demo-ldm-untrained", training={"untrained": True, "init": f"PyTorch default, torch.manual_seed({seed})"})
+    return save_native_dit(net, out, extra)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m geneval.zoo.train_latent_demo", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["train", "export"])
-    p.add_argument("--work", required=True, help="folder for the latents cache, resumable state and log")
+    p.add_argument("what", choices=["train", "export", "untrained"])
+    p.add_argument("--work", help="folder for the latents cache, resumable state and log (train, export)")
     p.add_argument("--out", help="export: destination checkpoint folder")
     p.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget for training (including resumed time)")
     p.add_argument("--max-steps", type=int, default=10**9)
@@ -250,8 +271,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true", help="export: keep float32 weights (default float16)")
     p.add_argument("--note", help="export: a free-text note stored in the training record")
     args = p.parse_args(argv)
+    if args.what != "untrained" and not args.work:
+        p.error(f"{args.what} needs --work")
     if args.what == "train":
         train(args)
+    elif args.what == "untrained":
+        if not args.out:
+            p.error("untrained needs --out")
+        save_untrained(Path(args.out), args.seed)
     else:
         if not args.out:
             p.error("export needs --out")
