@@ -55,6 +55,7 @@ class RunConfig:
         upsampler: an ADM super-resolution checkpoint: the run becomes a base → upsampler cascade.
         upsampler_preset: its preset when its file name is not a known release.
         upsampler_sampler, upsampler_steps: the upsampler stage's sampler (ADM: ddpm, 250 steps).
+        ci: bootstrap confidence level for FID/PR/DC (e.g. 0.95; seeded by `seed`); None: no intervals.
     """
 
     model: str | None = None
@@ -88,6 +89,7 @@ class RunConfig:
     upsampler_preset: str | None = None
     upsampler_sampler: str = "ddpm"
     upsampler_steps: int = 250
+    ci: float | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:

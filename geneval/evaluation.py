@@ -157,12 +157,14 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     todo_stats = stats_layers - set(given_stats) - todo_rows
     report = None
     n_streamed = None
+    labels = None
     if todo_rows or todo_stats:
         if not src.has_images:  # preflight refuses this; guard direct callers
             raise GenevalError(f"{label} {src.spec} has no images to extract {', '.join(sorted(todo_rows | todo_stats))} from")
         streamed, report, hit = stream_source(src, Needs(frozenset(todo_stats), frozenset(todo_rows)), config, weights,
                                               extractor, label)
         n_streamed = streamed.n
+        labels = streamed.labels
         for layer in todo_rows:
             arrays[layer] = streamed.rows.get(layer)
             origin[layer] = "cache" if hit else "extracted"
@@ -174,7 +176,7 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     n = n_streamed if n_streamed is not None else (src.n if src.has_images else n_file)
     fs = FeatureSet(pool3=kept.get("pool3"), spatial=kept.get("spatial"), logits=kept.get("logits"),
                     pool3_stats=given_stats.get("pool3"), spatial_stats=given_stats.get("spatial"),
-                    n=None if kept else n)
+                    n=None if kept else n, labels=labels if kept else None)
     if notes:
         for note in notes:
             log.warning(note)
@@ -360,7 +362,8 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
              weights: str | None = None, cache: bool = True, seed: int = 2020, is_convention: str = "adm",
              kid_subsets: int = 100, kid_subset_size: int | None = None, progress: bool = True,
              run_id: str | None = None, model: str | None = None,
-             extra_provenance: dict[str, Any] | None = None, shard_size: int = 1000) -> ResultSet | None:
+             extra_provenance: dict[str, Any] | None = None, shard_size: int = 1000,
+             ci: float | None = None) -> ResultSet | None:
     """Score generated images against a reference with TF-Inception metrics.
 
     Args:
@@ -386,6 +389,7 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
         extra_provenance: sampler/steps/guidance/convention fill those row fields; other keys
             go to each row's extra.
         shard_size: images per resumable shard of the feature cache.
+        ci: bootstrap confidence level added to FID/PR/DC rows (e.g. 0.95, seeded by `seed`).
     Returns:
         The ResultSet; None on ranks other than 0 under torchrun (rank 0 merges and scores).
     Raises:
@@ -398,7 +402,7 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
     device = distributed.device_for(dist, device)
     config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress, shard_size)
     options = MetricOptions(is_convention=is_convention, is_seed=seed, kid_subsets=kid_subsets,
-                            kid_subset_size=kid_subset_size, kid_seed=seed, device=device)
+                            kid_subset_size=kid_subset_size, kid_seed=seed, device=device, ci=ci, ci_seed=seed)
     plan, error = None, None
     try:
         plan = preflight(samples, ref, metrics, config, options)

@@ -87,7 +87,8 @@ def _metric_options(cfg: RunConfig):
     from geneval.metrics.compute import MetricOptions
     from geneval.runner.distributed import current, device_for
 
-    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed, device=device_for(current(), cfg.device))
+    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed, device=device_for(current(), cfg.device), ci=cfg.ci,
+                         ci_seed=cfg.seed)
 
 
 def sampling_config(cfg: RunConfig):
@@ -409,7 +410,7 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
                                  weights=plan.weights, need_logits=need_logits, batch_size=min(c.batch_size, 250))
     if ref_side is None:
         ref_side = prepare_ref(plan, extractor)
-    stats_layers, row_layers = metric_needs(plan.metrics, "samples")
+    stats_layers, row_layers = metric_needs(plan.metrics, "samples", ci=c.ci is not None)
     is_chunk = None
     opts = _metric_options(c)
     # IS in ADM's convention streams as chunk sums; only the other metrics' rows are held.
@@ -443,7 +444,7 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
         fs = FeatureSet(pool3=streamed.rows.get("pool3"), spatial=streamed.rows.get("spatial"),
                         logits=streamed.rows.get("logits"), pool3_stats=streamed.stats.get("pool3"),
                         spatial_stats=streamed.stats.get("spatial"), n=None if streamed.rows else streamed.n,
-                        is_chunks=streamed.inception_score)
+                        is_chunks=streamed.inception_score, labels=streamed.labels)
         samples = SideFeatures(fs, f"{c.n} samples from {c.model}", origin={k: "sampled" for k in needs.layers})
         prov = _provenance(plan, timings) | {"world_size": dist.world, "shards": store.num_shards,
                                              "resumed_shards": streamed.resumed, "shard_size": c.shard_size}

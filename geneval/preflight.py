@@ -58,12 +58,13 @@ class Plan:
     ref_needs: tuple[frozenset[str], frozenset[str]]
     warnings: dict[str, str]  # metric → N < dims bias warning
 
-def metric_needs(metrics: Iterable[str], side: str) -> tuple[frozenset[str], frozenset[str]]:
+def metric_needs(metrics: Iterable[str], side: str, ci: bool = False) -> tuple[frozenset[str], frozenset[str]]:
     """(layers needed as statistics only, layers needed as per-image features) for one side.
 
     Args:
         metrics: expanded metric names.
         side: "samples" or "reference" (the reference serves only metrics with needs_ref).
+        ci: bootstrap intervals are asked for: the samples' pool3 rows are needed (they are resampled).
     """
     stats, feats = set(), set()
     for name in metrics:
@@ -72,6 +73,8 @@ def metric_needs(metrics: Iterable[str], side: str) -> tuple[frozenset[str], fro
             continue
         for layer in spec.needs:
             (stats if spec.stats_suffice else feats).add(layer)
+    if ci and side == "samples" and "pool3" in stats | feats:
+        feats.add("pool3")
     return frozenset(stats - feats), frozenset(feats)
 
 
@@ -138,7 +141,7 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
         ref_src.check_nonempty()
     elif needs_ref:
         raise GenevalError(f"{', '.join(needs_ref)} compare(s) against a reference: pass --ref (images, ADM batch or stats .npz)")
-    s_needs = metric_needs(names, "samples")
+    s_needs = metric_needs(names, "samples", ci=options.ci is not None)
     r_needs = metric_needs(names, "reference") if ref_src is not None else (frozenset(), frozenset())
     check_servable(sample_src, names, "samples", s_needs)
     if ref_src is not None:

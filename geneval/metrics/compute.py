@@ -32,6 +32,7 @@ class FeatureSet:
         spatial_stats: precomputed spatial statistics (ADM reference mu_s/sigma_s).
         n: number of images behind the set; inferred from the arrays/statistics when None.
         is_chunks: a streamed ChunkedISAccumulator (ADM convention) standing in for `logits`.
+        labels: (N,) class labels of the images (per-class metrics), or None.
     """
 
     pool3: Any = None
@@ -41,6 +42,7 @@ class FeatureSet:
     spatial_stats: GaussianStats | None = None
     n: int | None = None
     is_chunks: Any = None
+    labels: Any = None
 
     def __post_init__(self):
         counts = {name: _rows(getattr(self, name)) for name in _LAYERS if getattr(self, name) is not None}
@@ -86,6 +88,9 @@ class MetricOptions:
         dc_k: neighbourhood size of density/coverage.
         block_size: rows/columns per k-NN distance block.
         device: where the k-NN and kernel computations run ("cpu", "cuda", ...).
+        ci: coverage of bootstrap confidence intervals added to FID/PR/DC rows (None: none).
+        ci_n_boot: bootstrap resamples.
+        ci_seed: seed of the resampling.
     """
 
     is_convention: str = "adm"
@@ -99,6 +104,9 @@ class MetricOptions:
     dc_k: int = 5
     block_size: int = 10000
     device: str = "cpu"
+    ci: float | None = None
+    ci_n_boot: int = 200
+    ci_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -331,9 +339,16 @@ def compute_metrics(
             raise GenevalError(f"{name} compares against a reference set, but no reference was given")
     if samples.n is not None and samples.n < 2:
         raise GenevalError(f"metrics need at least 2 samples, got {samples.n}")
+    if options.ci is not None and not 0 < options.ci < 1:
+        raise GenevalError(f"--ci must lie in (0, 1), e.g. 0.95; got {options.ci}")
     ctx = _Context(samples, ref, options)
     with torch.no_grad():
-        return [get_metric(name).compute(ctx) for name in wanted]
+        values = [get_metric(name).compute(ctx) for name in wanted]
+        if options.ci is not None:
+            from geneval.metrics.extended import attach_intervals
+
+            attach_intervals(values, ctx, options.ci, options.ci_n_boot, options.ci_seed)
+    return values
 
 
 def stats_from_npz_arrays(arrays: dict[str, np.ndarray]) -> tuple[GaussianStats | None, GaussianStats | None]:

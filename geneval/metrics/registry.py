@@ -54,7 +54,7 @@ METRICS: dict[str, MetricSpec] = {}
 
 # Modules that register further metrics on import (pixel/code metrics of `geneval recon`,
 # LPIPS diversity). Lookups import them first, so every caller sees the same full registry.
-PLUGIN_MODULES = ("geneval.metrics.compute", "geneval.metrics.recon", "geneval.metrics.lpips")
+PLUGIN_MODULES = ("geneval.metrics.compute", "geneval.metrics.extended", "geneval.metrics.recon", "geneval.metrics.lpips")
 _plugins_loaded = False
 
 

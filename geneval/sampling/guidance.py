@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from geneval.errors import GenevalError
+from geneval.vocab import CONVENTIONS
 
 NetCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-from geneval.vocab import CONVENTIONS
 
 
 def cfg_scale(guidance: float, convention: str) -> float:
