@@ -228,6 +228,8 @@ class SchedulerConvention:
                 schedule, knobs = _sigma_plan(diffusion, spec.name, steps, respacing_convention, fields, clip_denoised)
         else:
             fields = {}
+            if self.scheduler_config is not None and diffusion.rescale_betas_zero_snr:
+                diffusion = dataclasses.replace(diffusion, rescale_betas_zero_snr=False)  # "adm": β as before conventions
             conv = respacing_convention or "adm"
             resp = respacing or (spec.default_respacing.format(steps=steps) if conv == "adm" else str(steps))
             schedule = make_schedule(diffusion, resp, conv)
