@@ -265,3 +265,35 @@ def test_load_latent_generator_dispatch_and_untrained_baseline(tmp_path):
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([5, 500]), torch.tensor([1, 10])
     with torch.no_grad():
         assert not torch.allclose(untrained.net(x, t, y), demo.net(x, t, y))
+
+
+def test_dit_with_ldm_layout_vae_files(tmp_path):
+    # --vae as an SD-style standalone .safetensors (LDM key names) and as an LDM .ckpt with a
+    # scale_factor buffer: the scale comes from DiT's constant resp. the checkpoint, and is recorded.
+    from safetensors.torch import save_file
+
+    from geneval.models.autoencoder import AEConfig, build_autoencoder
+    from geneval.models.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    ae = build_autoencoder(AEConfig(kind="kl", ch=32, ch_mult=(1, 1), num_res_blocks=1, z_channels=4, embed_dim=4, resolution=16)).eval()
+    sd = {k: v.contiguous() for k, v in ae.state_dict().items()}
+    save_file(sd, str(tmp_path / "vae.safetensors"))
+    torch.save({"state_dict": {**{f"first_stage_model.{k}": v for k, v in sd.items()}, "scale_factor": torch.tensor(0.3)}}, tmp_path / "ldm.ckpt")
+    dit = DiT(DiTConfig(input_size=8, patch_size=2, in_channels=4, hidden_size=384, depth=1, num_heads=6, num_classes=1000))
+    torch.save(dit.state_dict(), tmp_path / "dit.pt")
+    a = load_dit_generator(tmp_path / "dit.pt", tmp_path / "vae.safetensors")
+    b = load_dit_generator(tmp_path / "dit.pt", tmp_path / "ldm.ckpt", cfg_channels="all", quantize="truncate")
+    da, db = a.describe(), b.describe()
+    assert (da["scale_factor"], da["scale_factor_source"], da["cfg_channels"], da["quantisation"]) == (
+        0.18215,
+        "model family default",
+        "official",
+        "round",
+    )
+    assert (db["scale_factor"], db["cfg_channels"], db["quantisation"]) == (pytest.approx(0.3), "all", "truncate")
+    assert da["autoencoder_format"] == "ldm-standalone" and db["autoencoder_format"] == "ldm" and len(db["autoencoder_sha256"]) == 64
+    assert da["denoiser"]["format"] == "dit-official" and a.image_size == 16 and a.sampling_defaults["steps"] == 250
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(b.first_stage.decode(z), ae.decode(z / 0.3))
