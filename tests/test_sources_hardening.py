@@ -340,3 +340,15 @@ def test_undecodable_names_and_dangling_links_do_not_break_hash_or_summary(tmp_p
     assert "missing.png: cannot read" in line and "\ufffd\ufffd.png: not a recognised image format" in line
     (tmp_path / "gone.png").write_bytes(b"now there")
     assert open_source(tmp_path).content_hash() != h  # the link's target now counts
+
+
+def test_zip_member_with_empty_name_found_by_fuzzing(tmp_path):
+    # Found by the long fuzz profile: a central directory entry with an empty file name made
+    # zipfile's ZipInfo.is_dir() raise IndexError.
+    data = b"PK\x01\x02" + bytes(29) + b"\x01" + bytes(119) + b"PK\x05\x06" + bytes(8) + b"\x99" + bytes(9)
+    with pytest.raises(IndexError):  # the zipfile behaviour this guards against
+        [i.is_dir() for i in zipfile.ZipFile(io.BytesIO(data)).infolist()]
+    (tmp_path / "x.zip").write_bytes(data)
+    with pytest.raises(GenevalError) as e:
+        _drain(open_source(tmp_path / "x.zip"))
+    assert str(e.value).endswith("x.zip: no images found")

@@ -42,6 +42,7 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     lzma.LZMAError,
     struct.error,
+    IndexError,  # zipfile indexes into header fields it has not length-checked
 )
 # What parsing a damaged .npy header can raise (numpy tokenizes the header dict).
 NPY_ERRORS: tuple[type[BaseException], ...] = (*ZIP_ERRORS, tokenize.TokenError, SyntaxError)

@@ -156,7 +156,9 @@ class _FileImages(Source):
             if buf:
                 yield np.stack(buf), None
         if self.report.read == 0:
-            first = self.report.rejected[0] if self.report.rejected else ("", "no files")
+            if not self.report.rejected:
+                raise GenevalError(f"{self.spec}: no images found")
+            first = self.report.rejected[0]
             raise GenevalError(
                 f"{self.spec}: no readable image among {self.n} file(s) ({self.report.n_rejected} rejected; first: {first[0]}: {first[1]})"
             )
@@ -328,7 +330,8 @@ class ZipSource(_FileImages):
     def __init__(self, path: Path, workers: int | None = None) -> None:
         try:
             self._zip = zipfile.ZipFile(path)
-            infos = [i for i in self._zip.infolist() if not i.is_dir()]
+            # Not ZipInfo.is_dir(): it raises IndexError on an empty member name (damaged archive).
+            infos = [i for i in self._zip.infolist() if i.filename and not i.filename.endswith("/")]
         except ZIP_ERRORS as e:
             raise GenevalError(f"{path}: corrupt or truncated zip archive ({' '.join(str(e).split())})") from None
         # A name stored twice: the last entry is what unzip extracts, so that one is read.
