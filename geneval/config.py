@@ -56,6 +56,8 @@ class RunConfig:
         upsampler_preset: its preset when its file name is not a known release.
         upsampler_sampler, upsampler_steps: the upsampler stage's sampler (ADM: ddpm, 250 steps).
         ci: bootstrap confidence level for FID/PR/DC (e.g. 0.95; seeded by `seed`); None: no intervals.
+        convention_source: "model" (a diffusers folder's own scheduler) or "adm"; None: the model's.
+        respacing_convention: adm, leading, trailing, linspace or ldm; None: the convention source's.
     """
 
     model: str | None = None
@@ -90,6 +92,8 @@ class RunConfig:
     upsampler_sampler: str = "ddpm"
     upsampler_steps: int = 250
     ci: float | None = None
+    convention_source: str | None = None
+    respacing_convention: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -109,6 +113,9 @@ class RunConfig:
             )
         vocab.check("mode", self.mode)
         vocab.check("precision", self.precision)
+        for kind in ("convention_source", "respacing_convention"):
+            if getattr(self, kind) is not None:
+                vocab.check(kind, getattr(self, kind))
         if self.classifier_scale < 0:
             raise GenevalError(f"classifier_scale must be >= 0, got {self.classifier_scale}")
         if self.classifier_scale > 0 and not self.classifier:

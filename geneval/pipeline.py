@@ -96,7 +96,8 @@ def sampling_config(cfg: RunConfig):
     from geneval.sampling.generate import SamplingConfig
 
     return SamplingConfig(n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                          convention=cfg.convention or "w", classifier_scale=cfg.classifier_scale, seed=cfg.seed)
+                          convention=cfg.convention or "w", classifier_scale=cfg.classifier_scale, seed=cfg.seed,
+                          convention_source=cfg.convention_source, respacing_convention=cfg.respacing_convention)
 
 
 def _load(path: str, what: str, preset: str | None, device: str | None, model_flags: str | None = None):
@@ -509,6 +510,15 @@ def _model_sha(plan: RunPlan) -> str | None:
     return plan.model.weights_sha256
 
 
+def _scheduler_record(plan: RunPlan) -> dict[str, Any] | None:
+    """Which timesteps, final alpha and sampler knobs the pixel UNet was sampled with (generators record their own)."""
+    if plan.generator is not None:
+        return None
+    from geneval.sampling.conventions import plan_for
+
+    return plan_for(plan.model, plan.sampling).record
+
+
 def _model_name(plan: RunPlan) -> str:
     if plan.demo and plan.generator is None:
         return "demo-unet-fmnist"
@@ -529,6 +539,7 @@ def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
         "classifier_scale": c.classifier_scale if c.classifier else None,
         "model_sha256": _model_sha(plan),
         "respacing": plan.sampling.resolved_respacing(),
+        "scheduler_convention": _scheduler_record(plan),
         "quantisation": QUANTISATIONS[plan.sampling.quantize],
         "sample_s": round(timings["sample_s"], 3),
         "features_s": round(timings["features_s"], 3),

@@ -37,12 +37,28 @@ QUANTISATIONS: dict[str, str] = {
     "round": "edm-round: (x*127.5+128).clamp(0,255).to(uint8)",
 }
 
+# Which sampling semantics a checkpoint gets (issue 13): its own scheduler's or guided-diffusion's.
+CONVENTION_SOURCES: dict[str, str] = {
+    "model": "the checkpoint's own scheduler (diffusers scheduler_config.json; ADM for other formats)",
+    "adm": "guided-diffusion semantics whatever the checkpoint says",
+}
+# How respaced timesteps are chosen.
+RESPACING_CONVENTIONS: dict[str, str] = {
+    "adm": "guided-diffusion space_timesteps ('250', 'ddim25', '10,20,30')",
+    "leading": "diffusers leading: arange(N)*(T//N) + steps_offset",
+    "trailing": "diffusers trailing: round(arange(T, 0, -T/N)) - 1",
+    "linspace": "diffusers linspace: round(linspace(0, T-1, N))",
+    "ldm": "CompVis LDM DDIM uniform: range(0, T, T//N) + 1, alpha_prev = abar[0] after the last step",
+}
+
 _TABLES = {
     "mode": MODES,
     "precision": PRECISIONS,
     "convention": CONVENTIONS,
     "is_convention": IS_CONVENTIONS,
     "quantize": QUANTISATIONS,
+    "convention_source": CONVENTION_SOURCES,
+    "respacing_convention": RESPACING_CONVENTIONS,
 }
 
 

@@ -61,7 +61,9 @@ def test_registry_is_the_compute_table():
     from geneval.metrics.compute import MetricOptions, feature_metrics
     from geneval.metrics.registry import get_metric
 
-    assert feature_metrics() == ["fid", "sfid", "is", "kid", "precision", "recall", "density", "coverage"]
+    names = feature_metrics()
+    assert names[:8] == ["fid", "sfid", "is", "kid", "precision", "recall", "density", "coverage"]
+    assert {"fid_inf", "vendi", "fid_per_class"} <= set(names)
     o = MetricOptions(pr_k=4, dc_k=7)
     assert get_metric("precision").smallest_n(o) == 5 and get_metric("coverage").smallest_n(o) == 8
     assert get_metric("fid").smallest_n(o) == 2
@@ -267,3 +269,27 @@ def test_core_streams_is_without_rows(tmp_path, rng):
     streamed = compute_metrics("is", FeatureSet(is_chunks=out.inception_score, n=37), options=o)[0]
     rows = compute_metrics("is", FeatureSet(logits=logits), options=o)[0]
     assert streamed.value == pytest.approx(rows.value, rel=1e-12) and streamed.n == 37
+
+
+def test_new_metrics_through_the_compute_table(rng):
+    """Per-class FID flags the degraded class; --ci puts intervals on FID/PR rows; Vendi and FID∞ run on pool3."""
+    from geneval.metrics.compute import FeatureSet, MetricOptions, compute_metrics
+
+    centres = rng.normal(scale=4.0, size=(3, 8))
+    ly, lx = np.repeat(np.arange(3), 120), np.repeat(np.arange(3), 100)
+    ref = centres[ly] + rng.normal(size=(360, 8))
+    x = centres[lx] + rng.normal(size=(300, 8))
+    x[lx == 1] += 3.0  # class 1 degraded
+    vals = {v.name: v for v in compute_metrics("fid,pr,vendi,fid_inf,fid_per_class", FeatureSet(pool3=x, labels=lx),
+                                                FeatureSet(pool3=ref, labels=ly), MetricOptions(ci=0.9, ci_n_boot=30))}
+    pc = vals["fid_per_class"].extra
+    assert pc["worst_class"] == 1 and pc["per_class"]["1"] > 5 * max(pc["per_class"]["0"], pc["per_class"]["2"])
+    for m in ("fid", "precision", "recall"):
+        e = vals[m].extra
+        assert e["ci"] == 0.9 and e["ci_lo"] <= e["ci_hi"] and e["ci_n_boot"] == 30
+    assert "ci_lo" not in vals["vendi"].extra
+    assert 1.0 <= vals["vendi"].value <= 8.0
+    assert set(vals["vendi"].extra["per_class"]) == {"0", "1", "2"}
+    assert vals["fid_inf"].extra["n_points"] == 15
+    with pytest.raises(GenevalError, match="class labels of the reference"):
+        compute_metrics("fid_per_class", FeatureSet(pool3=x, labels=lx), FeatureSet(pool3=ref))

@@ -36,6 +36,8 @@ _UP_PRESET = typer.Option(None, "--upsampler-preset", help="Upsampler preset whe
 _UP_SAMPLER = typer.Option(None, "--upsampler-sampler", help="Upsampler stage sampler (default ddpm, as ADM's super_res_sample.py).")
 _UP_STEPS = typer.Option(None, "--upsampler-steps", min=1, help="Upsampler stage steps (default 250).")
 _CI = typer.Option(None, "--ci", min=0.0, max=1.0, help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed) in every row, report and plot.")
+_CSRC = typer.Option(None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model.")
+_RCONV = typer.Option(None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}; default: the convention source's.")
 _SHARD = typer.Option(None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size.")
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
@@ -120,6 +122,8 @@ def register(app: typer.Typer) -> None:
         upsampler_sampler: str | None = _UP_SAMPLER,
         upsampler_steps: int | None = _UP_STEPS,
         ci: float | None = _CI,
+        convention_source: str | None = _CSRC,
+        respacing_convention: str | None = _RCONV,
     ) -> None:
         """Sample from a checkpoint and score the samples in one streaming pass.
 
@@ -148,7 +152,8 @@ def register(app: typer.Typer) -> None:
                                     model_flags=model_flags, model_config=model_config, vae=vae, cfg_channels=cfg_channels,
                                     vq=vq, truncation_rate=truncation_rate, upsampler=upsampler,
                                     upsampler_preset=upsampler_preset, upsampler_sampler=upsampler_sampler,
-                                    upsampler_steps=upsampler_steps, ci=ci))
+                                    upsampler_steps=upsampler_steps, ci=ci, convention_source=convention_source,
+                                    respacing_convention=respacing_convention))
         if cfg.model is None and distributed.current().is_main:
             print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler} {cfg.steps} steps)", file=sys.stderr)
         rs = run_config(cfg)

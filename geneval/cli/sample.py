@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
         quantize: str = typer.Option("truncate", "--quantize", help=f"{vocab.choices_help('quantize')}."),
         align: int = typer.Option(8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+        convention_source: str | None = typer.Option(None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model."),
+        respacing_convention: str | None = typer.Option(None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}."),
+        use_clipped_model_output: bool | None = typer.Option(None, "--use-clipped-model-output/--no-use-clipped-model-output", help="DDIM: recompute eps from the clipped x0 (default: True for adm, False under a diffusers DDIMScheduler)."),
     ) -> None:
         from geneval.sampling.generate import (
             SamplingConfig,
@@ -68,7 +71,11 @@ def register(app: typer.Typer) -> None:
             raise GenevalError(f"--guidance {guidance:g} needs an explicit --convention: {vocab.choices_help('convention')}")
         cfg = SamplingConfig(n=n, sampler=sampler, steps=steps, respacing=respacing, eta=eta, guidance=guidance,
                              convention=convention or "w", classifier_scale=classifier_scale, seed=seed, quantize=quantize,
-                             autocast_bf16=bf16, align=align)
+                             autocast_bf16=bf16, align=align, convention_source=convention_source,
+                             respacing_convention=respacing_convention, use_clipped_model_output=use_clipped_model_output)
+        for kind in ("convention_source", "respacing_convention"):
+            if getattr(cfg, kind) is not None:
+                vocab.check(kind, getattr(cfg, kind))
         cfg.validate()  # sampler, steps, convention, quantisation: before loading anything
         if classifier_scale > 0 and classifier is None:
             raise GenevalError("--classifier-scale > 0 needs a noisy classifier: pass --classifier CKPT (and --classifier-preset for a .pt)")

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from geneval import vocab
 from geneval.errors import GenevalError
 from geneval.sampling.samplers import get_sampler
 from geneval.sampling.schedules import (
@@ -31,19 +32,9 @@ from geneval.sampling.schedules import (
     make_schedule,
 )
 
-CONVENTION_SOURCES = ("model", "adm")
-CONVENTION_SOURCE_HELP = {
-    "model": "the checkpoint's own scheduler (diffusers scheduler_config.json; ADM for other formats)",
-    "adm": "guided-diffusion semantics whatever the checkpoint says",
-}
-RESPACING_CONVENTION_HELP = {
-    "adm": "guided-diffusion space_timesteps ('250', 'ddim25', '10,20,30')",
-    "leading": "diffusers leading: arange(N)*(T//N) + steps_offset",
-    "trailing": "diffusers trailing: round(arange(T, 0, -T/N)) - 1",
-    "linspace": "diffusers linspace: round(linspace(0, T-1, N))",
-    "ldm": "CompVis LDM DDIM uniform: range(0, T, T//N) + 1, alpha_prev = abar[0] after the last step",
-}
-assert tuple(RESPACING_CONVENTION_HELP) == RESPACING_CONVENTIONS
+CONVENTION_SOURCES = tuple(vocab.CONVENTION_SOURCES)
+CONVENTION_SOURCE_HELP = vocab.CONVENTION_SOURCES  # the vocabularies live in geneval.vocab
+RESPACING_CONVENTION_HELP = vocab.RESPACING_CONVENTIONS
 
 # The diffusers scheduler each geneval sampler follows, and that class's defaults (diffusers
 # 0.3x/0.4x) for the fields that shape sampling; tests/test_conventions.py checks them against

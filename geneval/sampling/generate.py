@@ -33,7 +33,7 @@ from geneval.sampling.guidance import (
 )
 from geneval.sampling.noise import NoiseSource
 from geneval.sampling.samplers import get_sampler
-from geneval.sampling.schedules import make_schedule
+from geneval.sampling.conventions import plan_for
 from geneval.vocab import QUANTISATIONS
 
 QUANTISATION = QUANTISATIONS["truncate"]  # the default rule, recorded with every sample set
@@ -59,6 +59,11 @@ class SamplingConfig:
         quantize: "truncate" (ADM) or "round" (EDM/DiT).
         autocast_bf16: run the networks under bf16 autocast (CUDA).
         align: chunk size of batch-invariant network evaluation (0: off, fastest on GPU).
+        convention_source: "model" (a diffusers folder's own scheduler semantics) or "adm"
+            (guided-diffusion's); None: the model's (geneval.sampling.conventions).
+        respacing_convention: adm, leading, trailing, linspace or ldm; None: the source's.
+        use_clipped_model_output: DDIM recomputes ε from the clipped x̂0 (None: True for adm,
+            False under diffusers' DDIMPipeline semantics).
     """
 
     n: int
@@ -75,6 +80,9 @@ class SamplingConfig:
     quantize: str = "truncate"
     autocast_bf16: bool = False
     align: int = 8
+    convention_source: str | None = None
+    respacing_convention: str | None = None
+    use_clipped_model_output: bool | None = None
 
     def validate(self) -> None:
         """Raise GenevalError for values that make no sense, before anything is loaded."""
@@ -136,7 +144,7 @@ def check_models(model: Any, cfg: SamplingConfig, classifier: Any = None) -> Non
         raise GenevalError(f"classifier is {classifier.image_size}px but the model is {model.image_size}px")
     if model.is_conditional and classifier is not None and classifier.num_classes != model.num_classes:
         raise GenevalError(f"classifier has {classifier.num_classes} classes, the model {model.num_classes}")
-    make_schedule(model.diffusion, cfg.resolved_respacing())  # bad respacing fails here
+    plan_for(model, cfg)  # bad respacing or scheduler fields fail here
 
 
 def draw_labels(lo: int, hi: int, num_classes: int | None, seed: int, classes: int | Sequence[int] | None) -> np.ndarray | None:
@@ -243,14 +251,11 @@ def generate_range(model, cfg: SamplingConfig, classes, classifier, lo: int, hi:
     if use_clf:
         classifier.net.to(device)
     spec = get_sampler(cfg.sampler)
-    schedule = make_schedule(model.diffusion, cfg.resolved_respacing())
+    plan = plan_for(model, cfg)  # the model's own scheduler semantics, or guided-diffusion's
+    schedule = plan.schedule
     n_cls = model.num_classes if model.is_conditional else (classifier.num_classes if classifier is not None else None)
     labels = draw_labels(lo, hi, n_cls, cfg.seed, classes)
-    knobs: dict[str, Any] = {"clip_denoised": cfg.clip_denoised}
-    if cfg.sampler == "ddim":
-        knobs["eta"] = cfg.eta
-    if cfg.sampler == "ddpm" and cfg.variance:
-        knobs["variance"] = cfg.variance
+    knobs: dict[str, Any] = dict(plan.knobs)
     C, H = model.in_channels, model.image_size
     bar = None
     if progress:
@@ -334,6 +339,7 @@ def sample_to_npz(
         "classifier": classifier.describe() if classifier is not None and config.classifier_scale > 0 else None,
         "classes": None if classes is None else (int(classes) if np.isscalar(classes) else "explicit"),
         "shard_size": shard_size, "quantisation": QUANTISATIONS[config.quantize], "channels": "rgb (arr_0 always N×H×W×3)",
+        "scheduler_convention": plan_for(model, config).record,
     }
     key = {"kind": "sample", "geneval": __version__, **json.loads(json.dumps(record, default=str)),
            "labels_sha256": None if classes is None or np.isscalar(classes)

@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from geneval import vocab
 from geneval.errors import GenevalError
 
 BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
 PREDICTION_TYPES = ("eps", "x0", "v")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
-RESPACING_CONVENTIONS = ("adm", "leading", "trailing", "linspace", "ldm")
+RESPACING_CONVENTIONS = tuple(vocab.RESPACING_CONVENTIONS)  # the one list lives in geneval.vocab
 # ᾱ after the last step: "one" (guided-diffusion; diffusers set_alpha_to_one=True) or "first", ᾱ[0]
 # (diffusers set_alpha_to_one=False; LDM's DDIM).
 FINAL_ALPHAS = ("one", "first")
