@@ -18,13 +18,17 @@ clip              clip_embed (768)        336    centre square → bicubic (pil 
                                                  mean/std → OpenAI ViT-L/14@336 → L2-normalised
 ================  ======================  =====  ==============================================
 
-Resize paths, measured (``pil`` − ``torch``, 6 skimage.data images: astronaut 512², chelsea
-300×451, coffee 400×600, rocket 427×640, camera 512², immunohistochemistry 512²; the
-non-square ones square-cropped): at 224 px the resized pixels differ by at most 1.0 on the
-0..255 scale (mean |Δ| 0.25; PIL rounds to uint8, the torch path stays float); at 336 px at most
-0.99 (mean 0.25). Through DINOv2 ViT-L/14 and CLIP on random weights the relative feature
-difference is ~1e-3 (see the report of issue 14; the trained weights were not available
-offline). torch-fidelity's DINOv2 extractors resize TF1-bilinear (the Inception resize)
+Resize paths, measured (``pil`` − ``torch``; `benchmarks/resize_paths.py`): 6 skimage.data
+images (astronaut, chelsea, coffee, rocket, camera, immunohistochemistry), centre-square-cropped
+and brought to 512² as uint8. Resized pixels (0..255): at 224 px max |Δ| 14.3, mean |Δ| 0.27;
+at 336 px max 12.0, mean 0.28. The mean is PIL's uint8 rounding; the rare large values are PIL
+clipping its uint8 intermediate (it resizes horizontally, stores uint8, then vertically) where
+bicubic overshoot meets saturated pixels, which the float torch path keeps. Features, on random
+weights only (the trained files are not available offline): per-image relative L2 difference
+≤ 1.5e-3 for DINOv2 ViT-L/14 (LayerScale 1, cosine ≥ 0.999998) and ≤ 7.4e-4 for CLIP
+ViT-L/14@336 (cosine ≥ 0.9999997). EDM2 calls the torch path one that "yields almost the same
+results"; every result records which path made it.
+torch-fidelity's DINOv2 extractors resize TF1-bilinear (the Inception resize)
 instead of bicubic: their FD-DINOv2 values differ from dgm-eval / EDM2 and from ours.
 """
 
@@ -93,17 +97,11 @@ class FeatureNetwork:
             GenevalError: library missing; MissingWeightsError: weights missing (file, hash, URL, destination).
         """
         if self.extra is not None:
-            module = (
-                self.extra.split(">")[0]
-                .split("=")[0]
-                .replace("open_clip_torch", "open_clip")
-            )
+            module = self.extra.split(">")[0].split("=")[0].replace("open_clip_torch", "open_clip")
             try:
                 __import__(module)
             except ImportError:
-                raise GenevalError(
-                    f"feature network {self.name} needs {self.extra}: pip install '{self.extra}'"
-                ) from None
+                raise GenevalError(f"feature network {self.name} needs {self.extra}: pip install '{self.extra}'") from None
         if self.name == "inception":
             from geneval.weights import resolve_inception
 
@@ -144,9 +142,7 @@ class InceptionFeatures(nn.Module):
         """uint8 images → N×3×299×299 in TF-Inception's input range (`geneval.features.resize.preprocess`)."""
         from geneval.features.resize import preprocess
 
-        return preprocess(
-            images, self.resize, device=next(self.model.parameters()).device
-        )
+        return preprocess(images, self.resize, device=next(self.model.parameters()).device)
 
     @torch.no_grad()
     def forward(self, images: Any) -> dict[str, torch.Tensor]:
@@ -175,9 +171,7 @@ def _build_inception(
     from geneval.features.inception import build_inception
     from geneval.weights import resolve_inception
 
-    r = resolve_inception(
-        weights, need_logits=need_logits, allow_download=allow_download
-    )
+    r = resolve_inception(weights, need_logits=need_logits, allow_download=allow_download)
     model = build_inception(r.load_state_dict()).to(device)
     return InceptionFeatures(
         model,
@@ -262,8 +256,7 @@ NETWORKS: dict[str, FeatureNetwork] = {
             name="clip",
             features={"clip_embed": 768},
             input_size=336,
-            preprocessing="centre square, bicubic resize to 336 (pil exact | torch fast), x/255, CLIP mean/std; "
-            "L2-normalised image embedding",
+            preprocessing="centre square, bicubic resize to 336 (pil exact | torch fast), x/255, CLIP mean/std; L2-normalised image embedding",
             weights=("clip-vit-l14-336",),
             library="open_clip ViT-L-14-336 vision tower (QuickGELU)",
             extra="open_clip_torch>=2.24",
@@ -284,9 +277,7 @@ def get_network(name: str) -> FeatureNetwork:
     try:
         return NETWORKS[name]
     except KeyError:
-        raise GenevalError(
-            f"unknown feature network {name!r}: choose from {', '.join(NETWORKS)}"
-        ) from None
+        raise GenevalError(f"unknown feature network {name!r}: choose from {', '.join(NETWORKS)}") from None
 
 
 def parse_features(spec: str) -> list[FeatureNetwork]:
@@ -297,9 +288,7 @@ def parse_features(spec: str) -> list[FeatureNetwork]:
     """
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise GenevalError(
-            "--features needs at least one network, e.g. inception,dinov2,clip"
-        )
+        raise GenevalError("--features needs at least one network, e.g. inception,dinov2,clip")
     return [get_network(n) for n in dict.fromkeys(names)]
 
 
@@ -313,6 +302,4 @@ def network_for_feature(feature: str) -> FeatureNetwork:
         if feature in net.features:
             return net
     known = ", ".join(f for n in NETWORKS.values() for f in n.features)
-    raise GenevalError(
-        f"no feature network provides {feature!r}: known features are {known}"
-    )
+    raise GenevalError(f"no feature network provides {feature!r}: known features are {known}")
