@@ -23,7 +23,8 @@ images (astronaut, chelsea, coffee, rocket, camera, immunohistochemistry), centr
 and brought to 512² as uint8. Resized pixels (0..255): at 224 px max |Δ| 14.3, mean |Δ| 0.27;
 at 336 px max 12.0, mean 0.28. The mean is PIL's uint8 rounding; the rare large values are PIL
 clipping its uint8 intermediate (it resizes horizontally, stores uint8, then vertically) where
-bicubic overshoot meets saturated pixels, which the float torch path keeps. Features, on random
+bicubic overshoot meets saturated pixels, which the float torch path keeps (checked: PIL on
+float32 'F' images, which has no uint8 intermediate, equals the torch path within 0.004). Features, on random
 weights only (the trained files are not available offline): per-image relative L2 difference
 ≤ 1.5e-3 for DINOv2 ViT-L/14 (LayerScale 1, cosine ≥ 0.999998) and ≤ 7.4e-4 for CLIP
 ViT-L/14@336 (cosine ≥ 0.9999997). EDM2 calls the torch path one that "yields almost the same
