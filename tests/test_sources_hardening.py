@@ -219,7 +219,17 @@ def test_unidentified_image_reason_has_no_object_repr(tmp_path):
 def test_report_strips_object_reprs_from_any_reason():
     rep = ReadReport()
     rep.reject("m.png", "cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e50>")
-    assert rep.rejected == [("m.png", "cannot identify image file the file")]
+    assert rep.rejected == [("m.png", "cannot identify image file")]
+
+
+def test_npy_header_error_has_no_object_repr(tmp_path):
+    # Found by the long fuzz profile: numpy's header parser names an ast node by its repr.
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (0 *0 *0, 0), }"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header
+    (tmp_path / "x.npy").write_bytes(data)
+    with pytest.raises(GenevalError, match="unreadable or truncated .npy file") as e:
+        open_source(tmp_path / "x.npy")
+    assert "object at 0x" not in str(e.value)
 
 
 # -- damaged zips -------------------------------------------------------------------------

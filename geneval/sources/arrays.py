@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.base import NPY_ERRORS, Batch, Source, hash_array, hash_file
+from geneval.sources.base import NPY_ERRORS, Batch, Source, hash_array, hash_file, one_line
 
 LAYOUTS = ("auto", "nhwc", "nchw", "nhw")
 FLOAT_RANGES = {"0,1": (0.0, 1.0), "-1,1": (-1.0, 1.0)}
@@ -208,7 +208,7 @@ class NpySource(ArraySource):
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except NPY_ERRORS as e:
-            raise GenevalError(f"{path}: unreadable or truncated .npy file ({_one_line(e)})") from None
+            raise GenevalError(f"{path}: unreadable or truncated .npy file ({one_line(e)})") from None
         if not isinstance(arr, np.ndarray):
             raise GenevalError(f"{path}: not a plain array")
         super().__init__(arr, spec=str(path), layout=layout, float_range=float_range)
@@ -229,7 +229,3 @@ def _as_numpy(x: Any) -> np.ndarray:
     except ImportError:  # torch is a dependency, but arrays must not need it
         pass
     return np.asarray(x)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__

@@ -47,7 +47,13 @@ ZIP_ERRORS: tuple[type[BaseException], ...] = (
 # What parsing a damaged .npy header can raise (numpy tokenizes the header dict).
 NPY_ERRORS: tuple[type[BaseException], ...] = (*ZIP_ERRORS, tokenize.TokenError, SyntaxError)
 # A library's repr of a file object ("<_io.BytesIO object at 0x7f...>") says nothing to a user.
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_OBJECT_REPR = re.compile(r":?\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def one_line(e: BaseException | str) -> str:
+    """A library's exception (or text) as one line for a user: whitespace collapsed, no object reprs."""
+    text = " ".join(_OBJECT_REPR.sub("", str(e)).split())
+    return text or (type(e).__name__ if isinstance(e, BaseException) else "")
 
 
 @dataclass
@@ -65,10 +71,9 @@ class ReadReport:
         return len(self.rejected)
 
     def reject(self, item: str, reason: str) -> None:
-        reason = _OBJECT_REPR.sub("the file", str(reason))
         # Undecodable file names (surrogate escapes) would break printing the summary.
         item = item.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        self.rejected.append((item, " ".join(reason.split())))
+        self.rejected.append((item, one_line(reason) or "rejected"))
 
     def summary(self, what: str = "images", max_reasons: int = 3) -> str:
         """One line: 'read 998 images (2 rejected: a.png: truncated; b.png: ...)'."""

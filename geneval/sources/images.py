@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.base import ZIP_ERRORS, Batch, Source, hash_file
+from geneval.sources.base import ZIP_ERRORS, Batch, Source, hash_file, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Pillow modes that convert losslessly (or by dropping nothing geneval uses) to L / RGB / RGBA.
@@ -76,7 +76,7 @@ def decode_image(data: bytes) -> np.ndarray:
         # Pillow's message names the BytesIO object it was given; the caller names the file.
         raise ValueError("not a recognised image format (cannot identify the file)") from None
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many types on damaged files
-        msg = " ".join(str(e).split())
+        msg = one_line(str(e))
         plain = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError, Image.DecompressionBombWarning)
         raise ValueError(msg if isinstance(e, plain) and msg else f"cannot decode ({type(e).__name__}{': ' + msg if msg else ''})") from None
     if arr.ndim == 2:
@@ -333,7 +333,7 @@ class ZipSource(_FileImages):
             # Not ZipInfo.is_dir(): it raises IndexError on an empty member name (damaged archive).
             infos = [i for i in self._zip.infolist() if i.filename and not i.filename.endswith("/")]
         except ZIP_ERRORS as e:
-            raise GenevalError(f"{path}: corrupt or truncated zip archive ({' '.join(str(e).split())})") from None
+            raise GenevalError(f"{path}: corrupt or truncated zip archive ({one_line(e)})") from None
         # A name stored twice: the last entry is what unzip extracts, so that one is read.
         self._infos = {i.filename: i for i in infos}
         names = sorted(n for n in self._infos if is_image_name(n))
@@ -352,7 +352,7 @@ class ZipSource(_FileImages):
             with self._zip.open(info) as f:
                 return f.read()
         except ZIP_ERRORS as e:  # bad CRC, truncated, encrypted or unsupported member: reject it
-            raise ValueError(f"damaged zip member ({' '.join(str(e).split()) or type(e).__name__})") from None
+            raise ValueError(f"damaged zip member ({one_line(e)})") from None
 
     def _content_hash(self) -> str:
         return hash_file(self.path).hexdigest()

@@ -31,7 +31,7 @@ import numpy as np
 
 from geneval.errors import GenevalError
 from geneval.sources.arrays import check_dtype, infer_layout, quantisation_note, scan_values, to_uint8_nhwc
-from geneval.sources.base import NPY_ERRORS, ZIP_ERRORS, Batch, Source, hash_file
+from geneval.sources.base import NPY_ERRORS, ZIP_ERRORS, Batch, Source, hash_file, one_line
 
 STATS_KEYS = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 FEATURE_KEYS = {"pool3": "geneval_pool3"}
@@ -58,7 +58,7 @@ class NpzSource(Source):
             self._zip = zipfile.ZipFile(path)
             members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
         except ZIP_ERRORS as e:
-            raise GenevalError(f"{path}: corrupt or truncated .npz ({_one_line(e)})") from None
+            raise GenevalError(f"{path}: corrupt or truncated .npz ({one_line(e)})") from None
         self._members = members
         keys = set(members)
         self._read_small_arrays(keys)
@@ -94,7 +94,7 @@ class NpzSource(Source):
                     raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
                 offset = f.tell()
         except NPY_ERRORS as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({_one_line(e)})") from None
+            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({one_line(e)})") from None
         dtype = np.dtype(dtype)
         if any(d < 0 for d in shape):
             raise GenevalError(f"{self.path}: member {key!r} declares a negative shape {tuple(shape)}")
@@ -115,7 +115,7 @@ class NpzSource(Source):
             with self._zip.open(self._members[key]) as f:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except NPY_ERRORS as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({_one_line(e)})") from None
+            raise GenevalError(f"{self.path}: corrupt or truncated {key} ({one_line(e)})") from None
 
     def _load_numeric(self, key: str, kinds: str, what: str) -> np.ndarray:
         arr = self._load(key)
@@ -156,7 +156,7 @@ class NpzSource(Source):
                 if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 0):
                     raise TypeError(f"'n' must be a count, got {n!r}")
             except (ValueError, TypeError, RecursionError) as e:
-                raise GenevalError(f"{self.path}: unreadable {META_KEY} ({_one_line(e)})") from None
+                raise GenevalError(f"{self.path}: unreadable {META_KEY} ({one_line(e)})") from None
             self.meta.update(meta)
 
     @property
@@ -181,7 +181,7 @@ class NpzSource(Source):
             data_start = info.header_offset + 30 + name_len + extra_len + self._header_len
             arr = np.memmap(self.path, dtype=self.dtype, mode="r", offset=data_start, shape=self.shape, order="F" if self._fortran else "C")
         except (OSError, ValueError, struct.error) as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
+            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({one_line(e)})") from None
         try:
             scan_values(arr, f"{self.path}: arr_0", self.float_range)
         finally:
@@ -220,7 +220,7 @@ class NpzSource(Source):
                 while f.read(1 << 20):  # reach the end so zipfile checks the member's CRC
                     pass
         except ZIP_ERRORS as e:
-            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({_one_line(e)})") from None
+            raise GenevalError(f"{self.path}: corrupt or truncated arr_0 ({one_line(e)})") from None
 
     def _content_hash(self) -> str:
         return hash_file(self.path).hexdigest()
@@ -245,7 +245,3 @@ def _read_exact(f: Any, size: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
