@@ -83,7 +83,8 @@ def test_ten_step_cfg_sample_matches_diffusers_dit_pipeline(tmp_path):
     gens = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]  # per-sample seeds, as geneval's NoiseSource
     want = pipe(class_labels=labels, guidance_scale=scale, generator=gens, num_inference_steps=10, output_type="np").images
 
-    gen = load_dit_generator(tmp_path / "transformer", tmp_path / "vae")
+    gen = load_dit_generator(tmp_path, None)  # a pipeline-style folder: transformer/ + vae/
+    assert gen.describe()["autoencoder"] == str(tmp_path / "vae")
     assert gen.cfg_channels == "all"  # a diffusers folder defaults to diffusers' rule
     cfg = SamplingConfig(n=4, sampler="ddim", steps=10, guidance=scale, convention="s", seed=seed)
     got = gen.generate_float(np.arange(4), np.array(labels), cfg, "cpu")

@@ -321,7 +321,8 @@ def load_dit_generator(
 
     Args:
         model: official .pt/.safetensors, train.py checkpoint, or diffusers DiT folder (--model).
-        vae: diffusers AutoencoderKL folder, SD VAE .safetensors/.ckpt, or an LDM checkpoint (--vae).
+        vae: diffusers AutoencoderKL folder, SD VAE .safetensors/.ckpt, or an LDM checkpoint (--vae);
+            None for a DiTPipeline folder, whose vae/ is used.
         arch: official architecture name to check ("DiT-XL/2") (--arch).
         vae_config: shape for LDM-layout VAE files (preset such as sd-vae, or YAML) (--ae-config).
         scale_factor: latent scale (--scale-factor); default: the VAE's own, else DiT's 0.18215.
@@ -334,6 +335,8 @@ def load_dit_generator(
     from geneval.models.ae_formats import load_autoencoder
     from geneval.models.dit import DIT_LATENT_SCALE, load_dit
 
+    if vae is None and (Path(model) / "vae" / "config.json").is_file():
+        vae = Path(model) / "vae"  # a DiTPipeline folder brings its own VAE
     if vae is None:
         raise GenevalError("a DiT samples latents: pass the autoencoder with --vae (e.g. a diffusers sd-vae-ft-ema folder)")
     if cfg_channels is not None and cfg_channels not in CFG_CHANNELS:
