@@ -117,7 +117,8 @@ def _no_sampling(monkeypatch):
     monkeypatch.setattr(gen, "sample", boom)
 
 
-@pytest.mark.parametrize("case", ["bad_checkpoint", "missing_ref", "unknown_metric", "cfg_on_unconditional", "bad_save_path"])
+@pytest.mark.parametrize("case", ["bad_checkpoint", "missing_ref", "unknown_metric", "cfg_on_unconditional", "bad_save_path",
+                                  "guidance_without_convention"])
 def test_preflight_fails_before_sampling(case, tmp_path, tiny_ckpt, monkeypatch):
     from geneval.pipeline import run
 
@@ -134,7 +135,9 @@ def test_preflight_fails_before_sampling(case, tmp_path, tiny_ckpt, monkeypatch)
         kw["metrics"], match = "fid,fidd", "unknown metric"
     elif case == "cfg_on_unconditional":
         kw["model"] = str(make_tiny_checkpoint(tmp_path / "uncond", conditional=False))
-        kw["guidance"], match = 2.0, "class-conditional"
+        kw["guidance"], kw["convention"], match = 2.0, "w", "class-conditional"
+    elif case == "guidance_without_convention":  # never silently assumed (the README promises it)
+        kw["guidance"], match = 2.0, "needs an explicit --convention"
     else:
         kw["save_samples"], match = str(tmp_path / "s.png"), "npz"
     with pytest.raises(GenevalError, match=match):
