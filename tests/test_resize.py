@@ -57,10 +57,7 @@ def test_pytorch_mode_matches_pytorch_fid_preprocessing(fmnist_test, photos):
 
 def test_clean_mode_matches_pil_float_bicubic(photos, fmnist_test):
     for img in (photos[2], np.repeat(fmnist_test.images[0], 3, axis=-1)):
-        ref = np.stack([
-            np.asarray(Image.fromarray(img[:, :, c].astype(np.float32), mode=None).resize((299, 299), Image.BICUBIC))
-            for c in range(3)
-        ])
+        ref = np.stack([np.asarray(Image.fromarray(img[:, :, c].astype(np.float32), mode=None).resize((299, 299), Image.BICUBIC)) for c in range(3)])
         ref = (np.clip(ref, 0, 255) - 128) / 128
         ours = preprocess(img[None], "clean")[0].numpy()
         np.testing.assert_allclose(ours, ref, atol=1e-6, rtol=0)
@@ -87,13 +84,16 @@ def test_grayscale_rgba_and_layouts(rng):
     assert to_nchw_uint8(rgb).shape == (2, 3, 20, 24)
 
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
-    (np.zeros((2, 8, 8, 2), np.uint8), "channels"),
-    (np.zeros((8, 8), np.uint8), "shape"),
-    (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
-    ([[1, 2]], "numpy array or torch tensor"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+        (np.zeros((2, 8, 8, 2), np.uint8), "channels"),
+        (np.zeros((8, 8), np.uint8), "shape"),
+        (np.zeros((0, 8, 8, 3), np.uint8), "empty"),
+        ([[1, 2]], "numpy array or torch tensor"),
+    ],
+)
 def test_bad_inputs_raise(bad, match):
     with pytest.raises(GenevalError, match=match):
         preprocess(bad, "tf")
@@ -108,3 +108,12 @@ def test_unknown_mode():
 def test_tf_mode_on_cuda_matches_cpu(photos):
     img = photos[1][None]
     torch.testing.assert_close(preprocess(img, "tf", device="cuda").cpu(), preprocess(img, "tf"), atol=1e-4, rtol=0)
+
+
+def test_tf1_resize_is_bit_identical_to_torch_fidelity_on_cpu(fmnist_test, photos):
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x as tf1
+
+    gray = np.repeat(fmnist_test.images[:2], 3, axis=-1)
+    for imgs in (gray, gray[:, 2:, 5:], photos[2][None]):
+        x = _nchw_float(imgs).contiguous()
+        assert torch.equal(resize_tf1_bilinear(x), tf1(x, size=(299, 299), align_corners=False))

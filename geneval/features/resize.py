@@ -74,19 +74,18 @@ def resize_tf1_bilinear(x: torch.Tensor, size: int = SIZE) -> torch.Tensor:
     _, _, h, w = x.shape
     ylo, yhi, yf = _tf1_axis(h, size, x.device)
     xlo, xhi, xf = _tf1_axis(w, size, x.device)
-    top = x.index_select(2, ylo)
-    bottom = x.index_select(2, yhi)
-    xf = xf.view(1, 1, 1, size)
-    # Same operation order as TF's kernel: lerp along x on both rows, then along y.
-    top_l, top_r = top.index_select(3, xlo), top.index_select(3, xhi)
-    top = top_l + (top_r - top_l) * xf
-    bot_l, bot_r = bottom.index_select(3, xlo), bottom.index_select(3, xhi)
-    bottom = bot_l + (bot_r - bot_l) * xf
-    return top + (bottom - top) * yf.view(1, 1, size, 1)
+    # Same operation order as TF's kernel: lerp along x on both rows, then along y. A row's
+    # x-lerp does not depend on which output row reads it, so every input row is lerped once
+    # (h rows, not 2·size) and the rows are gathered after: the same bits, ~10× less work
+    # than gathering four size×size corner images along the innermost axis.
+    left = x.index_select(3, xlo)
+    rows = x.index_select(3, xhi).sub_(left).mul_(xf).add_(left)
+    top = rows.index_select(2, ylo)
+    return rows.index_select(2, yhi).sub_(top).mul_(yf.view(size, 1)).add_(top)
 
 
 def _preprocess_tf(x: torch.Tensor) -> torch.Tensor:
-    return (resize_tf1_bilinear(x.float()) - 128.0) / 128.0
+    return resize_tf1_bilinear(x.float()).sub_(128.0).div_(128.0)
 
 
 def _preprocess_pytorch(x: torch.Tensor) -> torch.Tensor:
