@@ -623,11 +623,12 @@ def test_ldm_generator_contract(tmp_path, monkeypatch, one_thread):
     ckpt, cfg, _ = write_tiny_ldm(tmp_path, tiny_yaml(), monkeypatch)
     gen = load_ldm_generator(ckpt, cfg)
     assert (gen.kind, gen.num_classes, gen.image_size, gen.image_channels) == ("latent", None, 16, 3)
-    sc = SamplingConfig(n=4, sampler="ddim", steps=3, seed=5, align=1)
+    sc = SamplingConfig(n=4, sampler="ddim", steps=4, seed=5, align=1)
     every = gen.generate(np.arange(4), None, sc, "cpu")
     assert every.dtype == np.uint8 and every.shape == (4, 16, 16, 3)
     assert np.array_equal(every[1:3], gen.generate(np.array([1, 2]), None, sc, "cpu"))
     d = gen.describe()
+    assert d["respacing_convention"] == "ldm"  # LDM's own DDIM grid, not guided-diffusion's
     assert d["quantisation"] == "truncate" and d["scale_factor"] == 0.7
     assert (
         d["denoiser"]["checkpoint_sha256"] and d["denoiser"]["config_sha256"] and "ddim" in d["denoiser"]["conventions"]

@@ -214,7 +214,7 @@ class LatentGenerator:
             "clip_denoised": False,
             "quantisation": self.quantize_rule,
             "quantisation_source": self.quantize_source,
-            "respacing_convention": "guided-diffusion space_timesteps (DiT's create_diffusion)",
+            "respacing_convention": self.sampling_defaults.get("respacing_convention") or "adm (guided-diffusion space_timesteps, DiT's create_diffusion)",
             "sampling_defaults": self.sampling_defaults,
         }
 
@@ -258,7 +258,10 @@ class LatentGenerator:
             self.net.to(device)
         self.first_stage.to(device)
         spec = get_sampler(cfg.sampler)
-        schedule = make_schedule(self.diffusion, cfg.resolved_respacing())
+        # The family's own timesteps rule: CompVis LDM's DDIM grid (range(0, T, T//N) + 1, ᾱ_prev from the
+        # shifted grid) for LDM checkpoints, guided-diffusion's space_timesteps (DiT's create_diffusion) else.
+        conv = getattr(cfg, "respacing_convention", None) or self.sampling_defaults.get("respacing_convention") or "adm"
+        schedule = make_schedule(self.diffusion, cfg.resolved_respacing() if conv == "adm" else cfg.steps, conv)
         knobs: dict[str, Any] = {"clip_denoised": False}
         if cfg.sampler == "ddim":
             knobs["eta"] = cfg.eta
