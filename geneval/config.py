@@ -29,8 +29,9 @@ class RunConfig:
         metrics: comma list of metric / group names (`fid,pr`).
         ref: reference batch / stats file; None = the demo's Fashion-MNIST test statistics.
         n: number of samples.
-        sampler: sampler name from the sampler registry (ddim, ddpm, ...).
-        steps: number of sampling steps (respacing).
+        sampler: sampler name from the sampler registry (ddim, ddpm, ...); None: the model's own
+            default (a DiT's ddpm, the latent demo's ddim), else ddim.
+        steps: number of sampling steps (respacing); None: the model's own default, else 25.
         guidance: classifier-free guidance scale in `convention`; None = no CFG.
         convention: "w" (w=0 unguided) or "s" (s=1 unguided); required with guidance, never assumed.
         classifier: noisy classifier checkpoint for classifier guidance; None = none.
@@ -65,8 +66,8 @@ class RunConfig:
     metrics: str = "fid"
     ref: str | None = None
     n: int = 50_000
-    sampler: str = "ddim"
-    steps: int = 25
+    sampler: str | None = None
+    steps: int | None = None
     guidance: float | None = None
     convention: str | None = None
     classifier: str | None = None
@@ -98,7 +99,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.n < 1:
             raise GenevalError(f"n must be >= 1, got {self.n}")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise GenevalError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:
             raise GenevalError(f"batch_size must be >= 1, got {self.batch_size}")

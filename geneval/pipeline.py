@@ -91,13 +91,24 @@ def _metric_options(cfg: RunConfig):
                          ci_seed=cfg.seed)
 
 
-def sampling_config(cfg: RunConfig):
-    """The SamplingConfig (geneval.sampling) a run's samples are drawn with."""
+def sampling_config(cfg: RunConfig, defaults: dict[str, Any] | None = None):
+    """The SamplingConfig (geneval.sampling) a run's samples are drawn with.
+
+    Args:
+        cfg: the run configuration; sampler, steps and guidance left unset (None) take...
+        defaults: ...the model's own sampling defaults (a generator's `sampling_defaults`, e.g. DiT's
+            ddpm 250 steps with CFG s=1.5), else ddim, 25 steps, no guidance.
+    """
     from geneval.sampling.generate import SamplingConfig
 
-    return SamplingConfig(n=cfg.n, sampler=cfg.sampler, steps=cfg.steps, guidance=cfg.guidance,
-                          convention=cfg.convention or "w", classifier_scale=cfg.classifier_scale, seed=cfg.seed,
-                          convention_source=cfg.convention_source, respacing_convention=cfg.respacing_convention)
+    d = defaults or {}
+    guidance, convention = cfg.guidance, cfg.convention
+    if guidance is None and d.get("guidance") is not None:  # the authors' guidance, with its stated convention
+        guidance, convention = d["guidance"], d.get("convention") or convention
+    return SamplingConfig(n=cfg.n, sampler=cfg.sampler or d.get("sampler") or "ddim", steps=cfg.steps or d.get("steps") or 25,
+                          guidance=guidance, convention=convention or "w", classifier_scale=cfg.classifier_scale,
+                          seed=cfg.seed, convention_source=cfg.convention_source,
+                          respacing_convention=cfg.respacing_convention)
 
 
 def _load(path: str, what: str, preset: str | None, device: str | None, model_flags: str | None = None):
@@ -177,15 +188,17 @@ def preflight(cfg: RunConfig) -> RunPlan:
 
     check_writable(cache_dir() / "runs", "cache folder (GENEVAL_CACHE)")
 
-    sampling = sampling_config(cfg)
-    sampling.validate()
     try:
-        generator = load_generator(cfg, sampling)
+        generator = load_generator(cfg)
     except GenevalError:
         raise
     except Exception as e:  # noqa: BLE001  (torch / safetensors raise their own types for damaged files)
         msg = " ".join(str(e).split())[:200]
         raise GenevalError(f"model {cfg.model} does not load ({type(e).__name__}: {msg})") from None
+    sampling = sampling_config(cfg, getattr(generator, "sampling_defaults", None))
+    sampling.validate()
+    if generator is not None and hasattr(generator, "check"):
+        generator.check(sampling)
     model = classifier = None
     if generator is None:
         model = _load(cfg.model, "model", cfg.preset, cfg.device, cfg.model_flags)
@@ -198,7 +211,7 @@ def preflight(cfg: RunConfig) -> RunPlan:
 DEMO_GENERATORS = ("demo-ldm", "demo-vqd")
 
 
-def load_generator(cfg: RunConfig, sampling: Any) -> Any:
+def load_generator(cfg: RunConfig) -> Any:
     """The latent / discrete / cascade generator a configuration asks for; None for a pixel-space UNet.
 
     Which one follows from the flags: `--upsampler` (ADM cascade), `--vae` (DiT and other latent
@@ -211,9 +224,9 @@ def load_generator(cfg: RunConfig, sampling: Any) -> Any:
     device = device_for(current(), cfg.device)
     quantize = None
     if cfg.model == "demo-ldm":
-        from geneval.sampling.latent import load_demo_ldm
+        from geneval.sampling.latent import load_latent_generator
 
-        gen = load_demo_ldm(device=device, **({"cfg_channels": cfg.cfg_channels} if cfg.cfg_channels else {}))
+        gen = load_latent_generator("demo-ldm", None, cfg_channels=cfg.cfg_channels, device=device)
     elif cfg.model == "demo-vqd" or cfg.vq is not None:
         from geneval.models.discrete_generator import load_vqdiffusion
 
@@ -231,17 +244,14 @@ def load_generator(cfg: RunConfig, sampling: Any) -> Any:
 
         gen = load_ldm_generator(cfg.model, cfg.model_config, device=device, quantize=quantize)
     elif cfg.vae is not None:
-        from geneval.sampling.latent import load_dit_generator
+        from geneval.sampling.latent import load_latent_generator
 
-        gen = load_dit_generator(cfg.model, cfg.vae, cfg_channels=cfg.cfg_channels, device=device)
+        gen = load_latent_generator(cfg.model, cfg.vae, cfg_channels=cfg.cfg_channels, device=device)
     else:
         for flag, value in (("--cfg-channels", cfg.cfg_channels), ("--truncation-rate", cfg.truncation_rate)):
             if value is not None:
                 raise GenevalError(f"{flag} applies to latent (DiT) or VQ-Diffusion models; {cfg.model} is a pixel-space UNet")
         return None
-    check = getattr(gen, "check", None)
-    if check is not None:
-        check(sampling)
     return gen
 
 
@@ -263,7 +273,7 @@ def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
     run_dir = Path(cfg.out_dir) / (cfg.run_id or new_run_id("run"))
     if run_dir.exists():
         raise GenevalError(f"report folder {run_dir} already exists: pick another --run-id")
-    sampling = sampling_config(cfg)
+    sampling = sampling_config(cfg, getattr(plan.generator, "sampling_defaults", None))
     sampling.validate()
     if plan.generator is not None:
         check = getattr(plan.generator, "check", None)
@@ -528,13 +538,13 @@ def _model_name(plan: RunPlan) -> str:
 def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
     from geneval.sampling.generate import QUANTISATIONS
 
-    c = plan.config
+    c, s = plan.config, plan.sampling
     return {
-        "sampler": c.sampler,
-        "steps": c.steps,
-        "guidance": c.guidance,
-        "convention": c.convention if c.guidance is not None else None,
-        "guidance_w": c.guidance_w,
+        "sampler": s.sampler,
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "convention": s.convention if s.guidance is not None else None,
+        "guidance_w": None if s.guidance is None else (s.guidance if s.convention == "w" else s.guidance - 1.0),
         "classifier": c.classifier,
         "classifier_scale": c.classifier_scale if c.classifier else None,
         "model_sha256": _model_sha(plan),

@@ -155,7 +155,7 @@ def register(app: typer.Typer) -> None:
                                     upsampler_steps=upsampler_steps, ci=ci, convention_source=convention_source,
                                     respacing_convention=respacing_convention))
         if cfg.model is None and distributed.current().is_main:
-            print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler} {cfg.steps} steps)", file=sys.stderr)
+            print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler or 'ddim'} {cfg.steps or 25} steps)", file=sys.stderr)
         rs = run_config(cfg)
         if rs is not None:  # rank 0 reports; the other ranks only computed
             _print_results(rs, "report")
