@@ -325,6 +325,12 @@ def toml_text(draw) -> bytes:
     return "\n".join(lines).encode()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="geneval/config.py (lead's file) formats a non-number guidance with :g (test_known_config_crashes); "
+    "any other exception still fails this test; remove the marker when config.py type-checks TOML values",
+)
 @given(data=any_bytes(toml_text(), 256))
 def test_fuzz_toml_config(scratch, data):
     def load():
