@@ -59,6 +59,8 @@ class RunConfig:
         ci: bootstrap confidence level for FID/PR/DC (e.g. 0.95; seeded by `seed`); None: no intervals.
         convention_source: "model" (a diffusers folder's own scheduler) or "adm"; None: the model's.
         respacing_convention: adm, leading, trailing, linspace or ldm; None: the convention source's.
+        features: feature networks to run besides TF-Inception ("dinov2,clip"); the metrics' own
+            networks (fd_dinov2 → dinov2, cmmd → clip) are added anyway.
     """
 
     model: str | None = None
@@ -95,6 +97,7 @@ class RunConfig:
     ci: float | None = None
     convention_source: str | None = None
     respacing_convention: str | None = None
+    features: str | None = None
 
     def __post_init__(self) -> None:
         if self.n < 1:

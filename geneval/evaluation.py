@@ -101,9 +101,12 @@ class SideFeatures:
 class Extractors:
     """Builds the FeatureExtractor on first use (a run served fully by caches needs none)."""
 
-    def __init__(self, config: ExtractConfig, weights: Any, need_logits: bool) -> None:
+    def __init__(self, config: ExtractConfig, weights: Any, need_logits: bool, networks: Any = ()) -> None:
         self.config, self.weights, self.need_logits = config, weights, need_logits
+        self.networks = list(networks)
         self._extractor = None
+        # What shapes the features beyond Inception, known before anything is built (cache keys).
+        self.info = {"networks": [n.describe() for n in self.networks]} if self.networks else {}
 
     def get(self):
         if self._extractor is None:
@@ -113,6 +116,10 @@ class Extractors:
             self._extractor = FeatureExtractor(mode=c.mode, device=c.device, precision=c.precision,
                                                weights=self.weights, need_logits=self.need_logits,
                                                batch_size=c.batch_size)
+            if self.networks:
+                from geneval.runner.features import MultiExtractor
+
+                self._extractor = MultiExtractor(self._extractor, self.networks, str(self._extractor.device))
         return self._extractor
 
 
@@ -174,9 +181,7 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
             origin[layer] = "cache" if hit else "extracted"
     kept = {layer: arrays[layer] for layer in feature_layers if arrays.get(layer) is not None}
     n = n_streamed if n_streamed is not None else (src.n if src.has_images else n_file)
-    fs = FeatureSet(pool3=kept.get("pool3"), spatial=kept.get("spatial"), logits=kept.get("logits"),
-                    pool3_stats=given_stats.get("pool3"), spatial_stats=given_stats.get("spatial"),
-                    n=None if kept else n, labels=labels if kept else None)
+    fs = FeatureSet.from_parts(kept, given_stats, n, labels=labels if kept else None)
     if notes:
         for note in notes:
             log.warning(note)
@@ -210,6 +215,9 @@ def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any
     dist = distributed.current()
     key = make_key(src.content_hash(), FEATURES_NAME, weights.sha256, config.mode, effective_precision(config)).__dict__
     key = {**key, "kind": "features", "batch_size": config.batch_size, "outputs": sorted(_outputs(weights))}
+    info = getattr(extractor, "info", None) or {}
+    if info.get("networks"):  # DINOv2 / CLIP beside Inception: their weights shape the entry too
+        key["networks"] = info["networks"]
     if config.cache:
         root = cache_dir() / "features"
     else:  # private to this job: neither read nor leave anything
@@ -363,7 +371,7 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
              kid_subsets: int = 100, kid_subset_size: int | None = None, progress: bool = True,
              run_id: str | None = None, model: str | None = None,
              extra_provenance: dict[str, Any] | None = None, shard_size: int = 1000,
-             ci: float | None = None) -> ResultSet | None:
+             ci: float | None = None, features: str | None = None) -> ResultSet | None:
     """Score generated images against a reference with TF-Inception metrics.
 
     Args:
@@ -390,6 +398,7 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
             go to each row's extra.
         shard_size: images per resumable shard of the feature cache.
         ci: bootstrap confidence level added to FID/PR/DC rows (e.g. 0.95, seeded by `seed`).
+        features: feature networks besides TF-Inception ("dinov2,clip"); metrics add their own.
     Returns:
         The ResultSet; None on ranks other than 0 under torchrun (rank 0 merges and scores).
     Raises:
@@ -405,14 +414,14 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
                             kid_subset_size=kid_subset_size, kid_seed=seed, device=device, ci=ci, ci_seed=seed)
     plan, error = None, None
     try:
-        plan = preflight(samples, ref, metrics, config, options)
+        plan = preflight(samples, ref, metrics, config, options, features=features)
     except GenevalError as e:
         error = e
     distributed.agree(dist, error)  # a failure on any rank stops every rank before any extraction
     if dist.is_main:
         for w in plan.warnings.values():
             warnings.warn(w, stacklevel=2)
-    extractor = Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics))
+    extractor = Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics), plan.networks)
     side = features_for_source(plan.samples, plan.sample_needs, config, plan.weights, extractor=extractor, label="samples")
     ref_side = None
     if plan.ref is not None and (plan.ref_needs[0] or plan.ref_needs[1]):  # e.g. --metrics is ignores --ref

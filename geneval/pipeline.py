@@ -61,6 +61,7 @@ class RunPlan:
         demo: True when the run uses the shipped demo model / reference.
         generator: a latent / discrete / cascade generator (generate(indices, labels, cfg,
             device) → uint8 NHWC); None for pixel-space UNets, which `model` samples.
+        networks: feature networks run beside TF-Inception (DINOv2, CLIP), checked in preflight.
     """
 
     config: RunConfig
@@ -74,6 +75,7 @@ class RunPlan:
     bias_warnings: dict[str, str] = field(default_factory=dict)
     demo: bool = False
     generator: Any = None
+    networks: list = field(default_factory=list)
 
 
 def _extract_config(cfg: RunConfig):
@@ -151,6 +153,10 @@ def preflight(cfg: RunConfig) -> RunPlan:
     sampling_config(cfg).validate()  # sampler name, guidance knobs: before anything is loaded
     need_logits = any("logits" in get_metric(m).needs for m in names)
     weights = resolve_inception(None, need_logits=need_logits)  # MissingWeightsError names the file
+    from geneval.runner.features import check_networks, networks_for
+
+    networks = networks_for(names, cfg.features)
+    check_networks(networks)  # DINOv2 / CLIP: library and weight file (file, hash, source) before any work
 
     from geneval import zoo
 
@@ -205,7 +211,7 @@ def preflight(cfg: RunConfig) -> RunPlan:
         classifier = _load(cfg.classifier, "classifier", None, cfg.device) if cfg.classifier else None
         check_models(model, sampling, classifier)  # CFG needs a null class, classifier fits the model, respacing valid
     bias = check_sizes(names, cfg.n, None if ref_src is None else ref_src.n, _metric_options(cfg))
-    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo, generator)
+    return RunPlan(cfg, names, weights, model, classifier, ref_src, run_dir, sampling, bias, demo, generator, networks)
 
 
 DEMO_GENERATORS = ("demo-ldm", "demo-vqd")
@@ -419,6 +425,10 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     need_logits = any("logits" in get_metric(m).needs for m in plan.metrics)
     extractor = FeatureExtractor(mode=c.mode, device=device, precision=c.precision,
                                  weights=plan.weights, need_logits=need_logits, batch_size=min(c.batch_size, 250))
+    if plan.networks:
+        from geneval.runner.features import MultiExtractor
+
+        extractor = MultiExtractor(extractor, plan.networks, device)
     if ref_side is None:
         ref_side = prepare_ref(plan, extractor)
     stats_layers, row_layers = metric_needs(plan.metrics, "samples", ci=c.ci is not None)
@@ -452,10 +462,8 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
         raise GenevalError(f"sampler produced {streamed.n} images, expected {c.n}")
     rs = None
     if dist.is_main:
-        fs = FeatureSet(pool3=streamed.rows.get("pool3"), spatial=streamed.rows.get("spatial"),
-                        logits=streamed.rows.get("logits"), pool3_stats=streamed.stats.get("pool3"),
-                        spatial_stats=streamed.stats.get("spatial"), n=None if streamed.rows else streamed.n,
-                        is_chunks=streamed.inception_score, labels=streamed.labels)
+        fs = FeatureSet.from_parts(streamed.rows, streamed.stats, streamed.n, is_chunks=streamed.inception_score,
+                                   labels=streamed.labels)
         samples = SideFeatures(fs, f"{c.n} samples from {c.model}", origin={k: "sampled" for k in needs.layers})
         prov = _provenance(plan, timings) | {"world_size": dist.world, "shards": store.num_shards,
                                              "resumed_shards": streamed.resumed, "shard_size": c.shard_size}

@@ -57,6 +57,7 @@ class Plan:
     sample_needs: tuple[frozenset[str], frozenset[str]]  # (stats layers, feature layers)
     ref_needs: tuple[frozenset[str], frozenset[str]]
     warnings: dict[str, str]  # metric → N < dims bias warning
+    networks: tuple = ()  # feature networks besides TF-Inception (geneval.features.networks)
 
 def metric_needs(metrics: Iterable[str], side: str, ci: bool = False) -> tuple[frozenset[str], frozenset[str]]:
     """(layers needed as statistics only, layers needed as per-image features) for one side.
@@ -106,7 +107,7 @@ def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None
 
 
 def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: ExtractConfig,
-              options: MetricOptions) -> Plan:
+              options: MetricOptions, features: str | None = None) -> Plan:
     """Validate everything before any work; raise GenevalError with a one-line reason.
 
     Args:
@@ -115,6 +116,7 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
         metrics: metric / group names ("fid,pr").
         config: extraction settings.
         options: metric knobs.
+        features: feature networks besides TF-Inception ("dinov2,clip").
     """
     from geneval.weights import resolve_inception
 
@@ -132,6 +134,10 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
     needs_ref = [n for n in names if get_metric(n).needs_ref]
     need_logits = any("logits" in get_metric(n).needs for n in names)
     weights = resolve_inception(config.weights, need_logits=need_logits)  # MissingWeightsError names the file
+    from geneval.runner.features import check_networks, networks_for
+
+    networks = networks_for(names, features)
+    check_networks(networks)  # DINOv2 / CLIP: library and weight file named before any work
 
     sample_src = open_source(samples)
     sample_src.check_nonempty()
@@ -151,7 +157,7 @@ def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: Extr
             precomputed_usable(src, config.mode, weights, strict=not src.has_images)
     n_ref = ref_src.n if ref_src is not None else None
     found = check_sizes(names, sample_src.n, n_ref, options)
-    return Plan(names, sample_src, ref_src, weights, s_needs, r_needs, found)
+    return Plan(names, sample_src, ref_src, weights, s_needs, r_needs, found, tuple(networks))
 
 
 def check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> None:
@@ -169,7 +175,7 @@ def check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> No
     if missing:
         keys = {"pool3": "mu/sigma", "spatial": "mu_s/sigma_s"}
         raise GenevalError(
-            f"{which} {src.spec} lacks {', '.join(keys[m] for m in missing)} statistics and has no images to compute them"
+            f"{which} {src.spec} lacks {', '.join(keys.get(m, m) for m in missing)} statistics and has no images to compute them"
         )
 
 

@@ -130,6 +130,7 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
         quiet: bool = _QUIET,
         shard_size: int = _SHARD,
+        features: str | None = typer.Option(None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs)."),
         ci: float | None = typer.Option(None, "--ci", min=0.0, max=1.0, help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed)."),
     ) -> None:
         from geneval.evaluation import evaluate
@@ -145,7 +146,7 @@ def register(app: typer.Typer) -> None:
             rs = evaluate(sample_src, ref_src, metrics=metrics, mode=mode, device=device, precision=precision,
                           batch_size=batch_size, weights=weights, cache=not no_cache, seed=seed,
                           is_convention=is_convention, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                          progress=not quiet, model=model, shard_size=shard_size, ci=ci)
+                          progress=not quiet, model=model, shard_size=shard_size, ci=ci, features=features)
         if rs is None:  # not rank 0: rank 0 prints and writes
             return
         typer.echo(format_table(rs))

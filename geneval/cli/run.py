@@ -38,6 +38,7 @@ _UP_STEPS = typer.Option(None, "--upsampler-steps", min=1, help="Upsampler stage
 _CI = typer.Option(None, "--ci", min=0.0, max=1.0, help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed) in every row, report and plot.")
 _CSRC = typer.Option(None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model.")
 _RCONV = typer.Option(None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}; default: the convention source's.")
+_FEATS = typer.Option(None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs); weights are checked before any work.")
 _SHARD = typer.Option(None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size.")
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
@@ -124,6 +125,7 @@ def register(app: typer.Typer) -> None:
         ci: float | None = _CI,
         convention_source: str | None = _CSRC,
         respacing_convention: str | None = _RCONV,
+        features: str | None = _FEATS,
     ) -> None:
         """Sample from a checkpoint and score the samples in one streaming pass.
 
@@ -153,7 +155,7 @@ def register(app: typer.Typer) -> None:
                                     vq=vq, truncation_rate=truncation_rate, upsampler=upsampler,
                                     upsampler_preset=upsampler_preset, upsampler_sampler=upsampler_sampler,
                                     upsampler_steps=upsampler_steps, ci=ci, convention_source=convention_source,
-                                    respacing_convention=respacing_convention))
+                                    respacing_convention=respacing_convention, features=features))
         if cfg.model is None and distributed.current().is_main:
             print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler or 'ddim'} {cfg.steps or 25} steps)", file=sys.stderr)
         rs = run_config(cfg)

@@ -33,6 +33,8 @@ class FeatureSet:
         n: number of images behind the set; inferred from the arrays/statistics when None.
         is_chunks: a streamed ChunkedISAccumulator (ADM convention) standing in for `logits`.
         labels: (N,) class labels of the images (per-class metrics), or None.
+        extra: rows of other feature networks' layers (e.g. "dinov2_cls", "clip_embed").
+        extra_stats: statistics of other networks' layers.
     """
 
     pool3: Any = None
@@ -43,26 +45,39 @@ class FeatureSet:
     n: int | None = None
     is_chunks: Any = None
     labels: Any = None
+    extra: dict = field(default_factory=dict)
+    extra_stats: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_parts(cls, rows: dict[str, Any], stats: dict[str, GaussianStats], n: int | None = None, **kw: Any) -> FeatureSet:
+        """A FeatureSet from layer → rows and layer → statistics maps (any network's layers)."""
+        known = {k: rows[k] for k in _LAYERS if rows.get(k) is not None}
+        other = {k: v for k, v in rows.items() if k not in _LAYERS and v is not None}
+        other_stats = {k: v for k, v in stats.items() if k not in ("pool3", "spatial")}
+        return cls(**known, pool3_stats=stats.get("pool3"), spatial_stats=stats.get("spatial"),
+                   n=None if (known or other) else n, extra=other, extra_stats=other_stats, **kw)
 
     def __post_init__(self):
         counts = {name: _rows(getattr(self, name)) for name in _LAYERS if getattr(self, name) is not None}
+        counts.update({name: _rows(v) for name, v in self.extra.items()})
         if len(set(counts.values())) > 1:
             raise GenevalError(f"feature arrays disagree on the number of images: {counts}")
         if self.n is None:
             inferred = next(iter(counts.values()), None)
             if inferred is None:
-                inferred = next((s.n for s in (self.pool3_stats, self.spatial_stats) if s is not None), None)
+                every = (self.pool3_stats, self.spatial_stats, *self.extra_stats.values())
+                inferred = next((s.n for s in every if s is not None), None)
             object.__setattr__(self, "n", inferred)
         elif counts and self.n != next(iter(counts.values())):
             raise GenevalError(f"FeatureSet n={self.n} but the feature arrays hold {counts}")
 
     def features(self, layer: str) -> Any:
         """The per-image array of `layer`, or None."""
-        return getattr(self, layer)
+        return getattr(self, layer) if layer in _LAYERS else self.extra.get(layer)
 
     def given_stats(self, layer: str) -> GaussianStats | None:
         """Precomputed statistics of `layer` ("pool3" or "spatial"), or None."""
-        return {"pool3": self.pool3_stats, "spatial": self.spatial_stats}.get(layer)
+        return {"pool3": self.pool3_stats, "spatial": self.spatial_stats}.get(layer, self.extra_stats.get(layer))
 
 
 def _rows(a: Any) -> int:
@@ -177,7 +192,8 @@ class _Context:
         return self._pairs[key]
 
 
-def _frechet(ctx: _Context, name: str, layer: str) -> MetricValue:
+def frechet_metric(ctx: _Context, name: str, layer: str) -> MetricValue:
+    """Fréchet distance of `layer` statistics, samples vs reference, as a MetricValue (any network)."""
     a = ctx.stats(name, "samples", layer)
     b = ctx.stats(name, "reference", layer)
     if a.dim != b.dim:
@@ -196,11 +212,11 @@ def _frechet(ctx: _Context, name: str, layer: str) -> MetricValue:
 
 
 def _fid(ctx: _Context) -> MetricValue:
-    return _frechet(ctx, "fid", "pool3")
+    return frechet_metric(ctx, "fid", "pool3")
 
 
 def _sfid(ctx: _Context) -> MetricValue:
-    return _frechet(ctx, "sfid", "spatial")
+    return frechet_metric(ctx, "sfid", "spatial")
 
 
 def _is(ctx: _Context) -> MetricValue:

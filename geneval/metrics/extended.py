@@ -88,6 +88,45 @@ for _spec in (
     register(_spec)
 del _spec
 
+def _fd_on(layer: str, name: str):
+    def compute(ctx: Any) -> Any:
+        from geneval.metrics.compute import frechet_metric
+
+        return frechet_metric(ctx, name, layer)
+
+    return compute
+
+
+def _cmmd(ctx: Any) -> Any:
+    from geneval.metrics import cmmd
+    from geneval.metrics.compute import MetricValue
+
+    x, y = ctx.arrays("cmmd", "clip_embed")
+    value = cmmd.cmmd(x, y, device=ctx.options.device)
+    extra = {"sigma": cmmd.SIGMA, "scale": cmmd.SCALE, "estimator": "biased MMD^2, Gaussian RBF (google-research/cmmd)",
+             "n_ref": len(y), "features": "clip_embed (CLIP ViT-L/14@336, L2-normalised)"}
+    return MetricValue("cmmd", value, None, len(x), extra)
+
+
+# Other feature spaces (issue 14): one FD per registered network, and CMMD on CLIP embeddings.
+# `weights` names the feature network each needs; the run/eval preflight checks its weight file.
+for _spec in (
+    MetricSpec("fd_dinov2", False, ("dinov2_cls",), True, "fd_dinov2",
+               "Frechet distance of DINOv2 ViT-L/14 CLS features (dgm-eval / EDM2 FD-DINOv2)", stats_suffice=True,
+               compute=_fd_on("dinov2_cls", "fd_dinov2"), weights=("dinov2",)),
+    MetricSpec("fd_dinov2_b14", False, ("dinov2_b14_cls",), True, "fd_dinov2_b14",
+               "Frechet distance of DINOv2 ViT-B/14 CLS features", stats_suffice=True,
+               compute=_fd_on("dinov2_b14_cls", "fd_dinov2_b14"), weights=("dinov2-b14",)),
+    MetricSpec("fd_clip", False, ("clip_embed",), True, "fd_clip",
+               "Frechet distance of CLIP ViT-L/14@336 image embeddings", stats_suffice=True,
+               compute=_fd_on("clip_embed", "fd_clip"), weights=("clip",)),
+    MetricSpec("cmmd", False, ("clip_embed",), True, "cmmd",
+               "CMMD: 1000 x biased MMD^2 with a Gaussian RBF (sigma 10) on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
+               compute=_cmmd, min_n=2, weights=("clip",)),
+):
+    register(_spec)
+del _spec
+
 CI_METRICS = ("fid", "precision", "recall", "density", "coverage")
 
 
