@@ -181,7 +181,9 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise GenevalError(f"cannot read config file {p}: {e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise GenevalError(f"{p}: invalid TOML ({e})") from None
+        raise GenevalError(f"{p}: invalid TOML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise GenevalError(f"{p}: invalid TOML (nested too deeply)") from None
     if "run" in data and isinstance(data["run"], dict):
         data = {**{k: v for k, v in data.items() if k != "run"}, **data["run"]}
     return data
@@ -202,8 +204,35 @@ def resolve_run_config(toml: Mapping[str, Any] | None = None, **flags: Any) -> R
             raise GenevalError(f"unknown {source} key(s) {unknown}; known: {sorted(known)}")
         values.update({k: v for k, v in mapping.items() if v is not None})
     if isinstance(values.get("metrics"), (list, tuple)):
+        if not all(isinstance(m, str) for m in values["metrics"]):
+            raise GenevalError(f"metrics must be names (strings), got {values['metrics']!r}")
         values["metrics"] = ",".join(values["metrics"])
+    for name, value in values.items():
+        _check_type(name, value)
     try:
         return RunConfig(**values)
     except TypeError as e:
         raise GenevalError(f"bad run configuration: {e}") from None
+
+
+_FIELD_TYPES = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _check_type(name: str, value: Any) -> None:
+    """One-line error for a value of the wrong type (TOML gives ints, floats, bools, strings, dates, tables)."""
+    import math
+
+    want = str(_FIELD_TYPES.get(name, ""))
+    if want.startswith("bool"):
+        ok = isinstance(value, bool)
+    elif want.startswith("int"):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want.startswith("float"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif want.startswith("str"):
+        ok = isinstance(value, str)
+    else:
+        ok = True
+    if not ok:
+        kind = want.split(" |")[0]
+        raise GenevalError(f"{name} must be a {'finite ' if kind == 'float' else ''}{kind}, got {value!r}")

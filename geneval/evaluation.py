@@ -268,7 +268,7 @@ def _merged_report(dist: Any, local: ReadReport, n: int) -> ReadReport:
                 seen.setdefault(item, reason)
         rejected = list(seen.items())
         ignored = max(p[1] for p in parts)
-    return ReadReport(n, rejected, ignored)
+    return ReadReport(n, rejected, ignored, local.links_skipped)  # every rank walks the same tree
 
 
 def effective_precision(config: ExtractConfig) -> str:

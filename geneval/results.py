@@ -352,6 +352,8 @@ def read_results(path: str | os.PathLike) -> ResultSet:
                 obj = json.loads(path.read_text(encoding="utf-8"))
             except ValueError as e:
                 raise GenevalError(f"{path}: not valid JSON ({e})") from None
+            except RecursionError:
+                raise GenevalError(f"{path}: not a geneval results file (JSON nested too deeply)") from None
             if isinstance(obj, list):
                 rows, config = obj, {}
             elif isinstance(obj, dict) and isinstance(obj.get("results"), list):
@@ -370,6 +372,8 @@ def read_results(path: str | os.PathLike) -> ResultSet:
                     rows.append(ResultRow.from_dict(json.loads(line)))
                 except ValueError as e:
                     raise GenevalError(f"{path}:{i}: not valid JSON ({e})") from None
+                except RecursionError:
+                    raise GenevalError(f"{path}:{i}: JSON nested too deeply") from None
                 except GenevalError as e:
                     raise GenevalError(f"{path}:{i}: {e}") from None
             return ResultSet(rows)

@@ -325,12 +325,6 @@ def toml_text(draw) -> bytes:
     return "\n".join(lines).encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="geneval/config.py (lead's file) formats a non-number guidance with :g (test_known_config_crashes); "
-    "any other exception still fails this test; remove the marker when config.py type-checks TOML values",
-)
 @given(data=any_bytes(toml_text(), 256))
 def test_fuzz_toml_config(scratch, data):
     def load():
@@ -445,9 +439,7 @@ def test_fuzz_results_report_and_gate(scratch, data, base, suffix):
         _outcome(report)
 
 
-# -- crashes found by fuzzing in files this suite does not own ---------------------------
-# Pinned as strict xfails so they stay visible: when the owner fixes one, its XPASS fails and
-# the marker must go (and the input class can join the generators above).
+# -- crashes fuzzing found in config.py and results.py, fixed: each input is a one-line error now
 @pytest.mark.parametrize(
     "data",
     [
@@ -457,15 +449,11 @@ def test_fuzz_results_report_and_gate(scratch, data, base, suffix):
         pytest.param(b'guidance = ""', id="toml-guidance-string"),
     ],
 )
-@pytest.mark.xfail(
-    strict=True, raises=(RecursionError, TypeError, ValueError), reason="geneval/config.py (lead's file): crash reported in the issue-16 hand-off"
-)
 def test_known_config_crashes(tmp_path, data):
     (tmp_path / "c.toml").write_bytes(data)
     _outcome(lambda: resolve_run_config(load_toml(tmp_path / "c.toml")))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="geneval/results.py (lead's file): crash reported in the issue-16 hand-off")
 @pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"results": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"])
 def test_known_results_crash_deep_json(tmp_path, body):
     (tmp_path / "r.json").write_bytes(body)
