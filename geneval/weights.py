@@ -405,7 +405,7 @@ def resolve_torchvision_backbone(net: str, path: str | os.PathLike | None = None
         if not _hash_ok(digest, w.sha256):
             raise GenevalError(f"{p} has sha256 {digest}, expected {w.filename} (sha256 {w.sha256}…)")
         return p
-    for source, p in (("torch hub", torch_hub_checkpoints() / w.filename), ("cache", cache_dir() / w.filename)):
+    for p in (torch_hub_checkpoints() / w.filename, cache_dir() / w.filename):
         if p.is_file():
             return p
     raise MissingWeightsError(
@@ -510,6 +510,8 @@ def _convert_trunk(src: Path, src_sha256: str) -> Path:
 
 def _resolve_explicit(path: str | os.PathLike) -> ResolvedWeights:
     p = Path(path)
+    if p.is_dir():
+        raise MissingWeightsError(f"Inception weights {p} is a folder; pass the weight file itself (.pth, .pt or .safetensors)")
     if not p.is_file():
         raise MissingWeightsError(f"Inception weights {p} do not exist")
     digest = sha256_file(p)

@@ -293,3 +293,34 @@ def test_new_metrics_through_the_compute_table(rng):
     assert vals["fid_inf"].extra["n_points"] == 15
     with pytest.raises(GenevalError, match="class labels of the reference"):
         compute_metrics("fid_per_class", FeatureSet(pool3=x, labels=lx), FeatureSet(pool3=ref))
+
+
+def test_failed_preflight_leaves_no_report_folder(tmp_path, monkeypatch, capsys):
+    """`run` failing in preflight (bad checkpoint) leaves no empty reports/ behind."""
+    from geneval.cli import main
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00not a checkpoint" * 8)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--model", str(bad), "--num-samples", "4", "--no-progress"])
+    assert e.value.code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.safetensors"]
+
+
+def test_weights_folder_is_named_as_a_folder(tmp_path):
+    from geneval.weights import resolve_inception
+
+    with pytest.raises(GenevalError, match="is a folder; pass the weight file itself"):
+        resolve_inception(tmp_path)
+
+
+def test_sample_takes_zoo_names_like_run(tmp_path, capsys):
+    from geneval.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["sample", "--model", "demo", "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"),
+              "--no-progress", "--device", "cpu"])
+    assert e.value.code == 0, capsys.readouterr().err
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["arr_0"].shape == (2, 32, 32, 3)

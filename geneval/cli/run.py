@@ -47,7 +47,8 @@ _PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars o
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    # One style for every command: "warning: ..." (as eval and ref build print them).
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
 
 
 def _resolve(config: Path | None, flags: dict[str, Any]):

@@ -92,6 +92,11 @@ def register(app: typer.Typer) -> None:
         dev = distributed.device_for(dist, device)
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise GenevalError(f"--device {dev} requested but CUDA is not available")
+        from geneval import zoo
+
+        # The zoo's names work as in `run`: `demo` is the shipped Fashion-MNIST UNet / classifier.
+        model = str(zoo.demo_model_path()) if model == "demo" else model
+        classifier = str(zoo.demo_classifier_path()) if classifier == "demo" else classifier
         m = load_model(model, preset=preset, device=dev)
         clf = load_model(classifier, preset=classifier_preset, device=dev) if classifier else None
         check_models(m, cfg, clf if classifier_scale > 0 else None)

@@ -99,7 +99,8 @@ class _Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr)
+            # disable=None: a live bar only on a terminal; redirected stderr gets no cursor codes.
+            self.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, disable=None)
 
     def update(self, n: int) -> None:
         if self.bar is not None:
