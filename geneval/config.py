@@ -53,6 +53,9 @@ class RunConfig:
             sample.py) or "all" channels (diffusers' DiTPipeline); None: the model family's default.
         vq: the VQ tokenizer decoding a VQ-Diffusion checkpoint's tokens.
         truncation_rate: VQ-Diffusion's truncation r in (0, 1]; None: the checkpoint's default.
+        vq_config: the VQ tokenizer's shape (preset name or taming YAML) when it cannot be inferred.
+        vq_token_map: VQ-Diffusion's code → token table (e.g. taming_vqvae_974.pt).
+        skip: VQ-Diffusion fast-sampling skip (None: the checkpoint's default).
         upsampler: an ADM super-resolution checkpoint: the run becomes a base → upsampler cascade.
         upsampler_preset: its preset when its file name is not a known release.
         upsampler_sampler, upsampler_steps: the upsampler stage's sampler (ADM: ddpm, 250 steps).
@@ -90,6 +93,9 @@ class RunConfig:
     cfg_channels: str | None = None
     vq: str | None = None
     truncation_rate: float | None = None
+    vq_config: str | None = None
+    vq_token_map: str | None = None
+    skip: int | None = None
     upsampler: str | None = None
     upsampler_preset: str | None = None
     upsampler_sampler: str = "ddpm"

@@ -237,7 +237,8 @@ def load_generator(cfg: RunConfig) -> Any:
         from geneval.models.discrete_generator import load_vqdiffusion
 
         kw: dict[str, Any] = {} if cfg.truncation_rate is None else {"truncation_rate": cfg.truncation_rate}
-        gen = load_vqdiffusion(cfg.model, vq=cfg.vq, device=device, **kw)
+        gen = load_vqdiffusion(cfg.model, vq=cfg.vq, token_map=cfg.vq_token_map, vq_config=cfg.vq_config,
+                               skip=cfg.skip, device=device, **kw)
     elif cfg.upsampler is not None:
         from geneval.sampling.cascade import UpsamplerSampling, load_cascade
 
@@ -547,9 +548,13 @@ def _provenance(plan: RunPlan, timings: dict[str, float]) -> dict[str, Any]:
     from geneval.sampling.generate import QUANTISATIONS
 
     c, s = plan.config, plan.sampling
+    sampler, steps = s.sampler, s.steps
+    if plan.generator is not None and plan.generator.kind == "discrete":  # its own sampler, not the continuous ones
+        info = plan.generator.describe()
+        sampler, steps = f"{info.get('family', 'discrete')} mask-and-replace", info.get("network_evaluations")
     return {
-        "sampler": s.sampler,
-        "steps": s.steps,
+        "sampler": sampler,
+        "steps": steps,
         "guidance": s.guidance,
         "convention": s.convention if s.guidance is not None else None,
         "guidance_w": None if s.guidance is None else (s.guidance if s.convention == "w" else s.guidance - 1.0),

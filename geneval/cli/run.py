@@ -31,6 +31,9 @@ _VAE = typer.Option(None, "--vae", help="First-stage autoencoder of a DiT checkp
 _CFGCH = typer.Option(None, "--cfg-channels", help="DiT CFG on 'official' (first 3 latent channels, DiT's sample.py) or 'all' channels (diffusers' DiTPipeline).")
 _VQ = typer.Option(None, "--vq", help="VQ tokenizer (taming VQGAN .ckpt) decoding a VQ-Diffusion checkpoint's tokens.")
 _TRUNC = typer.Option(None, "--truncation-rate", min=0.0, max=1.0, help="VQ-Diffusion truncation r in (0, 1] (default: the checkpoint's).")
+_VQCFG = typer.Option(None, "--vq-config", help="VQ tokenizer shape when it cannot be inferred: preset name or taming YAML.")
+_VQMAP = typer.Option(None, "--vq-token-map", help="VQ-Diffusion code -> token table (e.g. taming_vqvae_974.pt).")
+_SKIP = typer.Option(None, "--skip", min=0, help="VQ-Diffusion fast sampling: skip this many steps between evaluations (default: the checkpoint's).")
 _UP = typer.Option(None, "--upsampler", help="ADM super-resolution checkpoint: run the base → upsampler cascade in one stream.")
 _UP_PRESET = typer.Option(None, "--upsampler-preset", help="Upsampler preset when its file name is not a known release.")
 _UP_SAMPLER = typer.Option(None, "--upsampler-sampler", help="Upsampler stage sampler (default ddpm, as ADM's super_res_sample.py).")
@@ -119,6 +122,9 @@ def register(app: typer.Typer) -> None:
         cfg_channels: str | None = _CFGCH,
         vq: str | None = _VQ,
         truncation_rate: float | None = _TRUNC,
+        vq_config: str | None = _VQCFG,
+        vq_token_map: str | None = _VQMAP,
+        skip: int | None = _SKIP,
         upsampler: str | None = _UP,
         upsampler_preset: str | None = _UP_PRESET,
         upsampler_sampler: str | None = _UP_SAMPLER,
@@ -153,7 +159,8 @@ def register(app: typer.Typer) -> None:
                                     mode=mode, precision=precision, save_samples=save_samples, out_dir=out_dir,
                                     run_id=run_id, preset=preset, progress=progress, shard_size=shard_size,
                                     model_flags=model_flags, model_config=model_config, vae=vae, cfg_channels=cfg_channels,
-                                    vq=vq, truncation_rate=truncation_rate, upsampler=upsampler,
+                                    vq=vq, truncation_rate=truncation_rate, vq_config=vq_config, vq_token_map=vq_token_map, skip=skip,
+                                    upsampler=upsampler,
                                     upsampler_preset=upsampler_preset, upsampler_sampler=upsampler_sampler,
                                     upsampler_steps=upsampler_steps, ci=ci, convention_source=convention_source,
                                     respacing_convention=respacing_convention, features=features))
