@@ -87,8 +87,14 @@ def main() -> int:
     fid = sorted((p for p in points if p["kind"] == "fid"), key=lambda p: p["n"])
     ratio = fid[-1]["peak_rss_mib"] / fid[0]["peak_rss_mib"] if fid else float("nan")
     verdict = bool(fid) and ratio <= a.tolerance
-    result = {"points": points, "fid_rss_ratio_max_over_min_n": round(ratio, 3), "tolerance": a.tolerance,
-              "pass": verdict, "stand_in": f"random linear map 3072->{DIM}, float32", "uptime": os.getloadavg()}
+    result = {
+        "points": points,
+        "fid_rss_ratio_max_over_min_n": round(ratio, 3),
+        "tolerance": a.tolerance,
+        "pass": verdict,
+        "stand_in": f"random linear map 3072->{DIM}, float32",
+        "uptime": os.getloadavg(),
+    }
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -30,7 +30,6 @@ def _sync(device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import numpy as np
     import torch
 
     import geneval
@@ -80,22 +79,45 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        rs = run(model=model_path, metrics="fid", ref=ref, n=a.n, sampler=a.sampler, steps=a.steps, guidance=a.guidance,
-                 seed=0, batch_size=a.batch_size, device=a.device, precision=a.precision, out_dir=tmp, run_id="bench",
-                 progress=False)
+        rs = run(
+            model=model_path,
+            metrics="fid",
+            ref=ref,
+            n=a.n,
+            sampler=a.sampler,
+            steps=a.steps,
+            guidance=a.guidance,
+            seed=0,
+            batch_size=a.batch_size,
+            device=a.device,
+            precision=a.precision,
+            out_dir=tmp,
+            run_id="bench",
+            progress=False,
+        )
         _sync(a.device)
         t_run = time.perf_counter() - t0
     ratio = t_run / (t_sample + t_feat)
     result = {
         "benchmark": "bench_run",
-        "n": a.n, "steps": a.steps, "sampler": a.sampler, "guidance": a.guidance, "batch_size": a.batch_size,
+        "n": a.n,
+        "steps": a.steps,
+        "sampler": a.sampler,
+        "guidance": a.guidance,
+        "batch_size": a.batch_size,
         "device": a.device,
         "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__, "geneval": geneval.__version__, "model": model_path,
-        "sample_alone_s": round(t_sample, 3), "features_alone_s": round(t_feat, 3), "run_s": round(t_run, 3),
-        "run_over_sum": round(ratio, 4), "target": "run_s <= 1.1 * (sample_alone_s + features_alone_s)",
-        "passes": ratio <= 1.1, "fid": rs.value("fid"),
+        "torch": torch.__version__,
+        "geneval": geneval.__version__,
+        "model": model_path,
+        "sample_alone_s": round(t_sample, 3),
+        "features_alone_s": round(t_feat, 3),
+        "run_s": round(t_run, 3),
+        "run_over_sum": round(ratio, 4),
+        "target": "run_s <= 1.1 * (sample_alone_s + features_alone_s)",
+        "passes": ratio <= 1.1,
+        "fid": rs.value("fid"),
         "run_inner_timings_s": {k: rs["fid"].extra[k] for k in ("sample_s", "features_s")},
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,12 +50,22 @@ def build_folder(root: Path, tiny: bool) -> Path:
 
     torch.manual_seed(0)
     if tiny:
-        unet = UNet2DModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=1, norm_num_groups=8,
-                           down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+        unet = UNet2DModel(
+            sample_size=8,
+            block_out_channels=(32, 32),
+            layers_per_block=1,
+            norm_num_groups=8,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        )
     else:
-        unet = UNet2DModel(sample_size=32, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
-                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                           up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+        unet = UNet2DModel(
+            sample_size=32,
+            block_out_channels=(128, 256, 256, 256),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        )
     unet.save_pretrained(root / "unet")
     DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear").save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     @torch.no_grad()
     def bare():
         for t in ts:
-            unet(x, t.expand(B)).sample
+            _ = unet(x, t.expand(B)).sample
 
     cfg = SamplingConfig(n=B, sampler="ddim", steps=S, respacing=str(S), align=0)
 
@@ -124,9 +134,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     res = {
         "device": torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or "cpu",
-        "unet_params": n_params, "batch": B, "steps": S, "repeats": a.repeats, "torch": torch.__version__,
-        "img_per_s": {"bare_forwards": B / t_bare, "geneval_ddim_fp32": B / t_gen, "geneval_fast": B / t_fast,
-                      "diffusers_ddim_pipeline_fp32": B / t_diff},
+        "unet_params": n_params,
+        "batch": B,
+        "steps": S,
+        "repeats": a.repeats,
+        "torch": torch.__version__,
+        "img_per_s": {
+            "bare_forwards": B / t_bare,
+            "geneval_ddim_fp32": B / t_gen,
+            "geneval_fast": B / t_fast,
+            "diffusers_ddim_pipeline_fp32": B / t_diff,
+        },
         "geneval_overhead_vs_bare": t_gen / t_bare - 1,
         "diffusers_overhead_vs_bare": t_diff / t_bare - 1,
         "fast_speedup_vs_diffusers_fp32": t_diff / t_fast,

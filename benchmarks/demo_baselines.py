@@ -44,8 +44,16 @@ def main(argv: list[str] | None = None) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     ref = str(zoo.demo_reference("tf"))
-    out: dict = {"n": a.n, "steps": a.steps, "sampler": "ddim", "seed": a.seed, "mode": "tf", "ref": zoo.DEMO_REFERENCE,
-                 "ref_n": zoo.manifest()["files"][zoo.DEMO_REFERENCE]["n"], "results": {}}
+    out: dict = {
+        "n": a.n,
+        "steps": a.steps,
+        "sampler": "ddim",
+        "seed": a.seed,
+        "mode": "tf",
+        "ref": zoo.DEMO_REFERENCE,
+        "ref_n": zoo.manifest()["files"][zoo.DEMO_REFERENCE]["n"],
+        "results": {},
+    }
     only = set(a.only.split(","))
     if a.out.exists():  # keep earlier baselines measured with the same settings
         old = json.loads(a.out.read_text())
@@ -59,24 +67,54 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
         if "trained" in only:
-            record("trained", run(model=str(zoo.demo_model_path()), metrics=a.metrics, ref=ref, n=a.n, steps=a.steps, seed=a.seed,
-                              batch_size=a.batch_size, device="cpu", out_dir=tmp, run_id="trained", progress=False), t0)
+            record(
+                "trained",
+                run(
+                    model=str(zoo.demo_model_path()),
+                    metrics=a.metrics,
+                    ref=ref,
+                    n=a.n,
+                    steps=a.steps,
+                    seed=a.seed,
+                    batch_size=a.batch_size,
+                    device="cpu",
+                    out_dir=tmp,
+                    run_id="trained",
+                    progress=False,
+                ),
+                t0,
+            )
         if "untrained" in only:
             torch.manual_seed(0)
             untrained = Path(tmp) / "ckpt-untrained"
             save_native(UNetModel(td.DEMO_UNET), td.DEMO_UNET, untrained, td.DEMO_DIFFUSION, null_class=td.NUM_CLASSES)
             t0 = time.time()
-            record("untrained", run(model=str(untrained), metrics=a.metrics, ref=ref, n=a.n, steps=a.steps, seed=a.seed,
-                                    batch_size=a.batch_size, device="cpu", out_dir=tmp, run_id="untrained", progress=False), t0)
+            record(
+                "untrained",
+                run(
+                    model=str(untrained),
+                    metrics=a.metrics,
+                    ref=ref,
+                    n=a.n,
+                    steps=a.steps,
+                    seed=a.seed,
+                    batch_size=a.batch_size,
+                    device="cpu",
+                    out_dir=tmp,
+                    run_id="untrained",
+                    progress=False,
+                ),
+                t0,
+            )
         noise = np.random.default_rng(a.seed).integers(0, 256, size=(a.n, 32, 32, 1), dtype=np.uint8)
         t0 = time.time()
         if "noise" in only:
-            record("noise", evaluate(noise, ref, metrics=a.metrics, device="cpu", batch_size=a.batch_size, progress=False,
-                                 cache=False), t0)
+            record("noise", evaluate(noise, ref, metrics=a.metrics, device="cpu", batch_size=a.batch_size, progress=False, cache=False), t0)
         t0 = time.time()
         if "real" in only:
-            record("real", evaluate(f"fashion-mnist:train[0:{a.n}]", ref, metrics=a.metrics, device="cpu",
-                                    batch_size=a.batch_size, progress=False), t0)
+            record(
+                "real", evaluate(f"fashion-mnist:train[0:{a.n}]", ref, metrics=a.metrics, device="cpu", batch_size=a.batch_size, progress=False), t0
+            )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))

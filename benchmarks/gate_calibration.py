@@ -30,9 +30,15 @@ def degrade(src: str, dst: Path, scale: float, seed: int) -> None:
         for p in lm.net.state_dict().values():
             if p.is_floating_point() and p.numel() > 1:
                 p.add_(torch.randn(p.shape, generator=g) * p.std() * scale)
-    save_native(lm.net, lm.config, dst, diffusion=lm.diffusion, class_names=lm.class_names,
-                null_class=lm.null_class,
-                training={"degraded": f"demo UNet + N(0, ({scale} x tensor std)^2), seed {seed}"})
+    save_native(
+        lm.net,
+        lm.config,
+        dst,
+        diffusion=lm.diffusion,
+        class_names=lm.class_names,
+        null_class=lm.null_class,
+        training={"degraded": f"demo UNet + N(0, ({scale} x tensor std)^2), seed {seed}"},
+    )
 
 
 def geneval(*args: str) -> subprocess.CompletedProcess:

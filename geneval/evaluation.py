@@ -84,8 +84,9 @@ class SideFeatures:
         return self.features.n
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], describe: str = "features",
-                    content_sha256: str | None = None, report: ReadReport | None = None) -> SideFeatures:
+    def from_arrays(
+        cls, arrays: dict[str, np.ndarray], describe: str = "features", content_sha256: str | None = None, report: ReadReport | None = None
+    ) -> SideFeatures:
         """Wrap features extracted elsewhere (e.g. the sampling pipeline's stream).
 
         Args:
@@ -113,9 +114,9 @@ class Extractors:
             from geneval.features.extract import FeatureExtractor
 
             c = self.config
-            self._extractor = FeatureExtractor(mode=c.mode, device=c.device, precision=c.precision,
-                                               weights=self.weights, need_logits=self.need_logits,
-                                               batch_size=c.batch_size)
+            self._extractor = FeatureExtractor(
+                mode=c.mode, device=c.device, precision=c.precision, weights=self.weights, need_logits=self.need_logits, batch_size=c.batch_size
+            )
             if self.networks:
                 from geneval.runner.features import MultiExtractor
 
@@ -123,8 +124,15 @@ class Extractors:
         return self._extractor
 
 
-def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]], config: ExtractConfig,
-                        weights: Any = None, *, extractor: Any = None, label: str = "samples") -> SideFeatures:
+def features_for_source(
+    source: Any,
+    needs: tuple[Iterable[str], Iterable[str]],
+    config: ExtractConfig,
+    weights: Any = None,
+    *,
+    extractor: Any = None,
+    label: str = "samples",
+) -> SideFeatures:
     """One side's features: stored statistics/features if usable, else cache, else extraction.
 
     Args:
@@ -168,8 +176,7 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     if todo_rows or todo_stats:
         if not src.has_images:  # preflight refuses this; guard direct callers
             raise GenevalError(f"{label} {src.spec} has no images to extract {', '.join(sorted(todo_rows | todo_stats))} from")
-        streamed, report, hit = stream_source(src, Needs(frozenset(todo_stats), frozenset(todo_rows)), config, weights,
-                                              extractor, label)
+        streamed, report, hit = stream_source(src, Needs(frozenset(todo_stats), frozenset(todo_rows)), config, weights, extractor, label)
         n_streamed = streamed.n
         labels = streamed.labels
         for layer in todo_rows:
@@ -188,8 +195,7 @@ def features_for_source(source: Any, needs: tuple[Iterable[str], Iterable[str]],
     return SideFeatures(fs, src.describe(), src.content_hash(), report, origin, list(notes))
 
 
-def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any, extractor: Any,
-                  label: str) -> tuple[Streamed, ReadReport, bool]:
+def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any, extractor: Any, label: str) -> tuple[Streamed, ReadReport, bool]:
     """One source's features through the execution core: cached, resumable shards on every rank.
 
     Returns (merged features, read report, whether everything came from the cache). The feature
@@ -229,8 +235,9 @@ def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any
         ex = extractor.get() if isinstance(extractor, Extractors) else extractor
         return ex.extract(images)
 
-    streamed = stream_features(store, SourceProducer(src, config.batch_size), extract, needs, dist,
-                               progress=config.progress, desc=f"inception ({label})")
+    streamed = stream_features(
+        store, SourceProducer(src, config.batch_size), extract, needs, dist, progress=config.progress, desc=f"inception ({label})"
+    )
     hit = streamed.resumed == store.num_shards
     if record is not None and hit:
         report = ReadReport.from_dict(record.get("report", {}))
@@ -281,8 +288,7 @@ def effective_precision(config: ExtractConfig) -> str:
     return "fast" if device.type == "cuda" else "exact"
 
 
-def prepare_reference(ref: Any, metrics: str | Iterable[str], config: ExtractConfig, weights: Any = None,
-                      *, extractor: Any = None) -> SideFeatures:
+def prepare_reference(ref: Any, metrics: str | Iterable[str], config: ExtractConfig, weights: Any = None, *, extractor: Any = None) -> SideFeatures:
     """The reference side for `metrics`: stored statistics/features where usable, else extracted.
 
     Args:
@@ -293,14 +299,23 @@ def prepare_reference(ref: Any, metrics: str | Iterable[str], config: ExtractCon
         extractor: a FeatureExtractor to reuse.
     """
     names = expand_metrics(metrics)
-    return features_for_source(ref, metric_needs(names, "reference"), config, weights,
-                               extractor=extractor, label="reference")
+    return features_for_source(ref, metric_needs(names, "reference"), config, weights, extractor=extractor, label="reference")
 
 
-def score(samples: SideFeatures, ref: SideFeatures | None, metrics: str | Iterable[str], *,
-          options: MetricOptions | None = None, info: dict[str, Any], seed: int | None = None,
-          run_id: str | None = None, model: str | None = None, extra_provenance: dict[str, Any] | None = None,
-          started: float | None = None, bias_warnings: dict[str, str] | None = None) -> ResultSet:
+def score(
+    samples: SideFeatures,
+    ref: SideFeatures | None,
+    metrics: str | Iterable[str],
+    *,
+    options: MetricOptions | None = None,
+    info: dict[str, Any],
+    seed: int | None = None,
+    run_id: str | None = None,
+    model: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+    started: float | None = None,
+    bias_warnings: dict[str, str] | None = None,
+) -> ResultSet:
     """Compute metrics on prepared features and wrap them as provenance-carrying result rows.
 
     Args:
@@ -339,39 +354,72 @@ def score(samples: SideFeatures, ref: SideFeatures | None, metrics: str | Iterab
         if v.name in bias_warnings and not any("biased" in w for w in warns):
             warns.append(bias_warnings[v.name])
         warns += [w for w in base_notes if w not in warns]
-        extra.update({
-            "precision": info.get("precision"),
-            "device": info.get("device"),
-            "samples": samples.describe,
-            "samples_read": None if samples.report is None else samples.report.read,
-            "samples_rejected": None if samples.report is None else samples.report.n_rejected,
-            "samples_origin": dict(samples.origin),
-            "score_s": round(score_s, 4),
-            "warnings": warns,
-        })
+        extra.update(
+            {
+                "precision": info.get("precision"),
+                "device": info.get("device"),
+                "samples": samples.describe,
+                "samples_read": None if samples.report is None else samples.report.read,
+                "samples_rejected": None if samples.report is None else samples.report.n_rejected,
+                "samples_origin": dict(samples.origin),
+                "score_s": round(score_s, 4),
+                "warnings": warns,
+            }
+        )
         if ref is not None and spec.needs_ref:
-            extra.update({"ref": ref.describe, "ref_n": ref.n,
-                          "ref_read": None if ref.report is None else ref.report.read,
-                          "ref_rejected": None if ref.report is None else ref.report.n_rejected,
-                          "ref_origin": dict(ref.origin)})
+            extra.update(
+                {
+                    "ref": ref.describe,
+                    "ref_n": ref.n,
+                    "ref_read": None if ref.report is None else ref.report.read,
+                    "ref_rejected": None if ref.report is None else ref.report.n_rejected,
+                    "ref_origin": dict(ref.origin),
+                }
+            )
         extra.update(provenance)
-        rows.append(ResultRow(
-            run_id=run_id, metric=v.name, value=float(v.value), std=None if v.std is None else float(v.std),
-            n=v.n, higher_is_better=spec.higher_is_better, seed=seed, mode=info.get("mode"),
-            features=info.get("features"), weights_sha256=info.get("weights_sha256"),
-            ref_sha256=ref.content_sha256 if (ref is not None and spec.needs_ref) else None,
-            wall_s=round(wall, 3), extra=extra, **fields,
-        ))
+        rows.append(
+            ResultRow(
+                run_id=run_id,
+                metric=v.name,
+                value=float(v.value),
+                std=None if v.std is None else float(v.std),
+                n=v.n,
+                higher_is_better=spec.higher_is_better,
+                seed=seed,
+                mode=info.get("mode"),
+                features=info.get("features"),
+                weights_sha256=info.get("weights_sha256"),
+                ref_sha256=ref.content_sha256 if (ref is not None and spec.needs_ref) else None,
+                wall_s=round(wall, 3),
+                extra=extra,
+                **fields,
+            )
+        )
     return ResultSet(rows)
 
 
-def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid", mode: str = "tf",
-             device: str | None = None, precision: str = "exact", batch_size: int = 64,
-             weights: str | None = None, cache: bool = True, seed: int = 2020, is_convention: str = "adm",
-             kid_subsets: int = 100, kid_subset_size: int | None = None, progress: bool = True,
-             run_id: str | None = None, model: str | None = None,
-             extra_provenance: dict[str, Any] | None = None, shard_size: int = 1000,
-             ci: float | None = None, features: str | None = None) -> ResultSet | None:
+def evaluate(
+    samples: Any,
+    ref: Any = None,
+    metrics: str | Iterable[str] = "fid",
+    mode: str = "tf",
+    device: str | None = None,
+    precision: str = "exact",
+    batch_size: int = 64,
+    weights: str | None = None,
+    cache: bool = True,
+    seed: int = 2020,
+    is_convention: str = "adm",
+    kid_subsets: int = 100,
+    kid_subset_size: int | None = None,
+    progress: bool = True,
+    run_id: str | None = None,
+    model: str | None = None,
+    extra_provenance: dict[str, Any] | None = None,
+    shard_size: int = 1000,
+    ci: float | None = None,
+    features: str | None = None,
+) -> ResultSet | None:
     """Score generated images against a reference with TF-Inception metrics.
 
     Args:
@@ -410,8 +458,16 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
     dist = distributed.current()
     device = distributed.device_for(dist, device)
     config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress, shard_size)
-    options = MetricOptions(is_convention=is_convention, is_seed=seed, kid_subsets=kid_subsets,
-                            kid_subset_size=kid_subset_size, kid_seed=seed, device=device, ci=ci, ci_seed=seed)
+    options = MetricOptions(
+        is_convention=is_convention,
+        is_seed=seed,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        kid_seed=seed,
+        device=device,
+        ci=ci,
+        ci_seed=seed,
+    )
     plan, error = None, None
     try:
         plan = preflight(samples, ref, metrics, config, options, features=features)
@@ -431,14 +487,31 @@ def evaluate(samples: Any, ref: Any = None, metrics: str | Iterable[str] = "fid"
     # Rejected files can shrink N after preflight: check again before any number is made.
     check_sizes(plan.metrics, side.n, None if ref_side is None else ref_side.n, options)
     info = _info(extractor, config, plan.weights)
-    rs = score(side, ref_side, plan.metrics, options=options, info=info, seed=seed, run_id=run_id, model=model,
-               extra_provenance=extra_provenance, started=started, bias_warnings=plan.warnings)
+    rs = score(
+        side,
+        ref_side,
+        plan.metrics,
+        options=options,
+        info=info,
+        seed=seed,
+        run_id=run_id,
+        model=model,
+        extra_provenance=extra_provenance,
+        started=started,
+        bias_warnings=plan.warnings,
+    )
     rs.config = {
-        "command": "eval", "samples": side.describe, "ref": None if ref_side is None else ref_side.describe,
-        "metrics": list(plan.metrics), **asdict(config), "precision_used": info.get("precision"),
-        "options": asdict(options), "samples_report": None if side.report is None else side.report.to_dict(),
+        "command": "eval",
+        "samples": side.describe,
+        "ref": None if ref_side is None else ref_side.describe,
+        "metrics": list(plan.metrics),
+        **asdict(config),
+        "precision_used": info.get("precision"),
+        "options": asdict(options),
+        "samples_report": None if side.report is None else side.report.to_dict(),
         "ref_report": None if (ref_side is None or ref_side.report is None) else ref_side.report.to_dict(),
-        "warnings": list(plan.warnings.values()), "world_size": dist.world,
+        "warnings": list(plan.warnings.values()),
+        "world_size": dist.world,
     }
     return rs
 
@@ -449,5 +522,11 @@ def _info(extractor: Extractors, config: ExtractConfig, weights: Any) -> dict[st
         return dict(extractor._extractor.info)
     from geneval.features.inception import FEATURES_NAME
 
-    return {"features": FEATURES_NAME, "weights_sha256": weights.sha256, "mode": config.mode,
-            "precision": config.precision, "device": config.device, "has_logits": weights.has_logits}
+    return {
+        "features": FEATURES_NAME,
+        "weights_sha256": weights.sha256,
+        "mode": config.mode,
+        "precision": config.precision,
+        "device": config.device,
+        "has_logits": weights.has_logits,
+    }

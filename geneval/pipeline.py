@@ -81,16 +81,14 @@ class RunPlan:
 def _extract_config(cfg: RunConfig):
     from geneval.evaluation import ExtractConfig
 
-    return ExtractConfig(mode=cfg.mode, device=cfg.device, precision=cfg.precision,
-                         batch_size=min(cfg.batch_size, 250), progress=cfg.progress)
+    return ExtractConfig(mode=cfg.mode, device=cfg.device, precision=cfg.precision, batch_size=min(cfg.batch_size, 250), progress=cfg.progress)
 
 
 def _metric_options(cfg: RunConfig):
     from geneval.metrics.compute import MetricOptions
     from geneval.runner.distributed import current, device_for
 
-    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed, device=device_for(current(), cfg.device), ci=cfg.ci,
-                         ci_seed=cfg.seed)
+    return MetricOptions(is_seed=cfg.seed, kid_seed=cfg.seed, device=device_for(current(), cfg.device), ci=cfg.ci, ci_seed=cfg.seed)
 
 
 def sampling_config(cfg: RunConfig, defaults: dict[str, Any] | None = None):
@@ -107,10 +105,17 @@ def sampling_config(cfg: RunConfig, defaults: dict[str, Any] | None = None):
     guidance, convention = cfg.guidance, cfg.convention
     if guidance is None and d.get("guidance") is not None:  # the authors' guidance, with its stated convention
         guidance, convention = d["guidance"], d.get("convention") or convention
-    return SamplingConfig(n=cfg.n, sampler=cfg.sampler or d.get("sampler") or "ddim", steps=cfg.steps or d.get("steps") or 25,
-                          guidance=guidance, convention=convention or "w", classifier_scale=cfg.classifier_scale,
-                          seed=cfg.seed, convention_source=cfg.convention_source,
-                          respacing_convention=cfg.respacing_convention)
+    return SamplingConfig(
+        n=cfg.n,
+        sampler=cfg.sampler or d.get("sampler") or "ddim",
+        steps=cfg.steps or d.get("steps") or 25,
+        guidance=guidance,
+        convention=convention or "w",
+        classifier_scale=cfg.classifier_scale,
+        seed=cfg.seed,
+        convention_source=cfg.convention_source,
+        respacing_convention=cfg.respacing_convention,
+    )
 
 
 def _load(path: str, what: str, preset: str | None, device: str | None, model_flags: str | None = None):
@@ -162,8 +167,14 @@ def preflight(cfg: RunConfig) -> RunPlan:
 
     demo = cfg.model is None or cfg.model in DEMO_GENERATORS
     # A mistyped path is the likeliest error; say so before asking for anything else.
-    for what, path in (("model", cfg.model), ("classifier", cfg.classifier), ("--upsampler", cfg.upsampler),
-                       ("--vae", cfg.vae), ("--model-config", cfg.model_config), ("--vq", cfg.vq)):
+    for what, path in (
+        ("model", cfg.model),
+        ("classifier", cfg.classifier),
+        ("--upsampler", cfg.upsampler),
+        ("--vae", cfg.vae),
+        ("--model-config", cfg.model_config),
+        ("--vq", cfg.vq),
+    ):
         if path is not None and path != "demo" and path not in DEMO_GENERATORS and not Path(path).exists():
             raise GenevalError(f"{what} checkpoint not found: {path}" if what in ("model", "classifier") else f"{what} not found: {path}")
     needs_ref = [m for m in names if get_metric(m).needs_ref]
@@ -237,15 +248,20 @@ def load_generator(cfg: RunConfig) -> Any:
         from geneval.models.discrete_generator import load_vqdiffusion
 
         kw: dict[str, Any] = {} if cfg.truncation_rate is None else {"truncation_rate": cfg.truncation_rate}
-        gen = load_vqdiffusion(cfg.model, vq=cfg.vq, token_map=cfg.vq_token_map, vq_config=cfg.vq_config,
-                               skip=cfg.skip, device=device, **kw)
+        gen = load_vqdiffusion(cfg.model, vq=cfg.vq, token_map=cfg.vq_token_map, vq_config=cfg.vq_config, skip=cfg.skip, device=device, **kw)
     elif cfg.upsampler is not None:
         from geneval.sampling.cascade import UpsamplerSampling, load_cascade
 
-        gen = load_cascade(cfg.model, cfg.upsampler, base_preset=cfg.preset, upsampler_preset=cfg.upsampler_preset,
-                           base_flags=cfg.model_flags, classifier=cfg.classifier,
-                           upsampler_sampling=UpsamplerSampling(sampler=cfg.upsampler_sampler, steps=cfg.upsampler_steps),
-                           device=device)
+        gen = load_cascade(
+            cfg.model,
+            cfg.upsampler,
+            base_preset=cfg.preset,
+            upsampler_preset=cfg.upsampler_preset,
+            base_flags=cfg.model_flags,
+            classifier=cfg.classifier,
+            upsampler_sampling=UpsamplerSampling(sampler=cfg.upsampler_sampler, steps=cfg.upsampler_steps),
+            device=device,
+        )
     elif cfg.model_config is not None:
         from geneval.models.ldm_formats import load_ldm_generator
 
@@ -291,11 +307,28 @@ def replan(plan: RunPlan, cfg: RunConfig) -> RunPlan:
     return dataclasses.replace(plan, config=cfg.replace(run_id=run_dir.name), run_dir=run_dir, sampling=sampling)
 
 
-def run(model: str | None = None, metrics: str = "fid", ref: str | None = None, n: int = 50_000, sampler: str = "ddim",
-        steps: int = 25, guidance: float | None = None, convention: str | None = None, classifier: str | None = None,
-        classifier_scale: float = 0.0, seed: int = 0, batch_size: int = 250, device: str | None = None,
-        mode: str = "tf", precision: str = "exact", save_samples: str | None = None, out_dir: str = "reports",
-        run_id: str | None = None, progress: bool = True, preset: str | None = None) -> ResultSet:
+def run(
+    model: str | None = None,
+    metrics: str = "fid",
+    ref: str | None = None,
+    n: int = 50_000,
+    sampler: str = "ddim",
+    steps: int = 25,
+    guidance: float | None = None,
+    convention: str | None = None,
+    classifier: str | None = None,
+    classifier_scale: float = 0.0,
+    seed: int = 0,
+    batch_size: int = 250,
+    device: str | None = None,
+    mode: str = "tf",
+    precision: str = "exact",
+    save_samples: str | None = None,
+    out_dir: str = "reports",
+    run_id: str | None = None,
+    progress: bool = True,
+    preset: str | None = None,
+) -> ResultSet:
     """Sample from a checkpoint and score the samples in one pass; write `<out_dir>/<run_id>/`.
 
     Args:
@@ -320,10 +353,28 @@ def run(model: str | None = None, metrics: str = "fid", ref: str | None = None, 
         progress: progress bars on stderr.
         preset: architecture preset for guided-diffusion .pt checkpoints.
     """
-    cfg = RunConfig(model=model, preset=preset, metrics=metrics, ref=ref, n=n, sampler=sampler, steps=steps,
-                    guidance=guidance, convention=convention, classifier=classifier,
-                    classifier_scale=classifier_scale, seed=seed, batch_size=batch_size, device=device, mode=mode,
-                    precision=precision, save_samples=save_samples, out_dir=out_dir, run_id=run_id, progress=progress)
+    cfg = RunConfig(
+        model=model,
+        preset=preset,
+        metrics=metrics,
+        ref=ref,
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        guidance=guidance,
+        convention=convention,
+        classifier=classifier,
+        classifier_scale=classifier_scale,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        mode=mode,
+        precision=precision,
+        save_samples=save_samples,
+        out_dir=out_dir,
+        run_id=run_id,
+        progress=progress,
+    )
     return run_config(cfg)
 
 
@@ -373,7 +424,7 @@ class _GridKeeper:
     def add(self, images: np.ndarray, labels: np.ndarray | None) -> None:
         if labels is None:
             room = GRID_MAX - len(self.images)
-            self.images.extend(images[:max(room, 0)])
+            self.images.extend(images[: max(room, 0)])
             return
         for img, y in zip(images, np.asarray(labels)):
             y = int(y)
@@ -392,10 +443,16 @@ def run_store(plan: RunPlan, extractor: Any, needs: Any, device: str):
     c = plan.config
     info = {k: v for k, v in extractor.info.items() if k not in ("device", "weights_path")}
     key = {
-        "kind": "run", "geneval": __version__, "model_sha256": _model_sha(plan),
-        "model": model_info(plan), "classifier_sha256": None if plan.classifier is None else plan.classifier.weights_sha256,
-        "sampling": plan.sampling.to_dict(), "batch_size": c.batch_size, "features": info,
-        "device_type": torch.device(device).type, "keep_images": needs.keep_images,
+        "kind": "run",
+        "geneval": __version__,
+        "model_sha256": _model_sha(plan),
+        "model": model_info(plan),
+        "classifier_sha256": None if plan.classifier is None else plan.classifier.weights_sha256,
+        "sampling": plan.sampling.to_dict(),
+        "batch_size": c.batch_size,
+        "features": info,
+        "device_type": torch.device(device).type,
+        "keep_images": needs.keep_images,
     }
     return ShardStore(cache_dir() / "runs", key, c.n, c.shard_size)
 
@@ -424,8 +481,9 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
         for w in plan.bias_warnings.values():
             log.warning(w)
     need_logits = any("logits" in get_metric(m).needs for m in plan.metrics)
-    extractor = FeatureExtractor(mode=c.mode, device=device, precision=c.precision,
-                                 weights=plan.weights, need_logits=need_logits, batch_size=min(c.batch_size, 250))
+    extractor = FeatureExtractor(
+        mode=c.mode, device=device, precision=c.precision, weights=plan.weights, need_logits=need_logits, batch_size=min(c.batch_size, 250)
+    )
     if plan.networks:
         from geneval.runner.features import MultiExtractor
 
@@ -436,8 +494,7 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
     is_chunk = None
     opts = _metric_options(c)
     # IS in ADM's convention streams as chunk sums; only the other metrics' rows are held.
-    if "is" in plan.metrics and opts.is_convention == "adm" and not any(
-            "logits" in get_metric(m).needs for m in plan.metrics if m != "is"):
+    if "is" in plan.metrics and opts.is_convention == "adm" and not any("logits" in get_metric(m).needs for m in plan.metrics if m != "is"):
         row_layers, is_chunk = row_layers - {"logits"}, opts.is_chunk_size
     needs = Needs(stats_layers, row_layers, keep_images=bool(c.save_samples), is_chunk=is_chunk)
     store = run_store(plan, extractor, needs, device).open()
@@ -456,24 +513,47 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
                 images = plan.generator.generate(idx, y, plan.sampling, torch.device(device))
             yield Chunk(np.asarray(images), y, idx)
 
-    streamed = stream_features(store, produce, extractor.extract, needs, dist, progress=c.progress,
-                               desc=f"sampling+features (rank {dist.rank}/{dist.world})" if dist.active else "sampling+features")
+    streamed = stream_features(
+        store,
+        produce,
+        extractor.extract,
+        needs,
+        dist,
+        progress=c.progress,
+        desc=f"sampling+features (rank {dist.rank}/{dist.world})" if dist.active else "sampling+features",
+    )
     timings = {"sample_s": streamed.timings["produce_s"], "features_s": streamed.timings["features_s"]}
     if streamed.n != c.n:
         raise GenevalError(f"sampler produced {streamed.n} images, expected {c.n}")
     rs = None
     if dist.is_main:
-        fs = FeatureSet.from_parts(streamed.rows, streamed.stats, streamed.n, is_chunks=streamed.inception_score,
-                                   labels=streamed.labels)
+        fs = FeatureSet.from_parts(streamed.rows, streamed.stats, streamed.n, is_chunks=streamed.inception_score, labels=streamed.labels)
         samples = SideFeatures(fs, f"{c.n} samples from {c.model}", origin={k: "sampled" for k in needs.layers})
-        prov = _provenance(plan, timings) | {"world_size": dist.world, "shards": store.num_shards,
-                                             "resumed_shards": streamed.resumed, "shard_size": c.shard_size}
+        prov = _provenance(plan, timings) | {
+            "world_size": dist.world,
+            "shards": store.num_shards,
+            "resumed_shards": streamed.resumed,
+            "shard_size": c.shard_size,
+        }
         info = dict(extractor.info) | {"device": device}
-        rs = score(samples, ref_side, plan.metrics, options=_metric_options(c), info=info, seed=c.seed,
-                   run_id=c.run_id, model=_model_name(plan), extra_provenance=prov,
-                   started=started, bias_warnings=plan.bias_warnings)
+        rs = score(
+            samples,
+            ref_side,
+            plan.metrics,
+            options=_metric_options(c),
+            info=info,
+            seed=c.seed,
+            run_id=c.run_id,
+            model=_model_name(plan),
+            extra_provenance=prov,
+            started=started,
+            bias_warnings=plan.bias_warnings,
+        )
         rs.config = _resolved_config(plan, ref_side, timings, time.perf_counter() - started) | {
-            "world_size": dist.world, "resumed_shards": streamed.resumed, "shard_store": str(store.dir)}
+            "world_size": dist.world,
+            "resumed_shards": streamed.resumed,
+            "shard_store": str(store.dir),
+        }
         for r in rs.rows:
             r.wall_s = round(time.perf_counter() - started, 3)
         grid = _GridKeeper()
@@ -595,5 +675,11 @@ def _write_report(folder: Path, rs: ResultSet, grid: _GridKeeper, plan: RunPlan)
     atomic_write_text(folder / "config.json", json.dumps(rs.config, indent=2, default=str) + "\n")
     if grid.images:
         labels = np.asarray(grid.labels) if grid.labels else None
-        save_grid(folder / "grid.png", np.stack(grid.images), labels, class_names=getattr(plan.model, "class_names", None),
-                  per_class=GRID_PER_CLASS, max_images=GRID_MAX)
+        save_grid(
+            folder / "grid.png",
+            np.stack(grid.images),
+            labels,
+            class_names=getattr(plan.model, "class_names", None),
+            per_class=GRID_PER_CLASS,
+            max_images=GRID_MAX,
+        )

@@ -46,6 +46,7 @@ class ExtractConfig:
     progress: bool = True
     shard_size: int = 1000
 
+
 @dataclass(frozen=True)
 class Plan:
     """What preflight resolved: metric names, opened sources, weights, per-side needs."""
@@ -58,6 +59,7 @@ class Plan:
     ref_needs: tuple[frozenset[str], frozenset[str]]
     warnings: dict[str, str]  # metric → N < dims bias warning
     networks: tuple = ()  # feature networks besides TF-Inception (geneval.features.networks)
+
 
 def metric_needs(metrics: Iterable[str], side: str, ci: bool = False) -> tuple[frozenset[str], frozenset[str]]:
     """(layers needed as statistics only, layers needed as per-image features) for one side.
@@ -79,8 +81,7 @@ def metric_needs(metrics: Iterable[str], side: str, ci: bool = False) -> tuple[f
     return frozenset(stats - feats), frozenset(feats)
 
 
-def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None,
-                options: MetricOptions) -> dict[str, str]:
+def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None, options: MetricOptions) -> dict[str, str]:
     """Raise on sizes no metric can use (N = 1, KID subset > N, N ≤ k); return bias warnings.
 
     Args:
@@ -101,13 +102,15 @@ def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None
         dims = BIAS_DIMS.get(name)
         small = [f"{w} N={n}" for w, n in (("samples", n_samples), ("reference", n_ref)) if n is not None and dims and n < dims]
         if small:
-            found[name] = (f"{name} with {', '.join(small)} < {dims} feature dims is biased (it falls with N): "
-                           f"compare only at equal N (papers use 50k)")
+            found[name] = (
+                f"{name} with {', '.join(small)} < {dims} feature dims is biased (it falls with N): compare only at equal N (papers use 50k)"
+            )
     return found
 
 
-def preflight(samples: Any, ref: Any, metrics: str | Iterable[str], config: ExtractConfig,
-              options: MetricOptions, features: str | None = None) -> Plan:
+def preflight(
+    samples: Any, ref: Any, metrics: str | Iterable[str], config: ExtractConfig, options: MetricOptions, features: str | None = None
+) -> Plan:
     """Validate everything before any work; raise GenevalError with a one-line reason.
 
     Args:
@@ -169,14 +172,10 @@ def check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> No
     bad = sorted({m for m in metrics if set(get_metric(m).needs) & feature_layers})
     missing = sorted(layer for layer in stats_layers if layer not in src.stats)
     if bad:
-        raise GenevalError(
-            f"{which} {src.spec} holds statistics only (no images): it can serve fid/sfid, not {', '.join(bad)}"
-        )
+        raise GenevalError(f"{which} {src.spec} holds statistics only (no images): it can serve fid/sfid, not {', '.join(bad)}")
     if missing:
         keys = {"pool3": "mu/sigma", "spatial": "mu_s/sigma_s"}
-        raise GenevalError(
-            f"{which} {src.spec} lacks {', '.join(keys.get(m, m) for m in missing)} statistics and has no images to compute them"
-        )
+        raise GenevalError(f"{which} {src.spec} lacks {', '.join(keys.get(m, m) for m in missing)} statistics and has no images to compute them")
 
 
 def precomputed_usable(src: Source, mode: str, weights: Any, strict: bool) -> tuple[bool, list[str]]:
@@ -200,14 +199,17 @@ def precomputed_usable(src: Source, mode: str, weights: Any, strict: bool) -> tu
         elif meta.get("features", FEATURES_NAME) != FEATURES_NAME:
             reason = f"its statistics come from network {meta['features']!r}, not {FEATURES_NAME!r}"
         elif meta.get("weights_sha256") and meta["weights_sha256"] != weights.sha256:
-            notes.append(f"{src.spec}: statistics made from weight file sha256 {meta['weights_sha256'][:12]}…, "
-                         f"this run uses {weights.sha256[:12]}… (same network; features agree to ~1e-5)")
+            notes.append(
+                f"{src.spec}: statistics made from weight file sha256 {meta['weights_sha256'][:12]}…, "
+                f"this run uses {weights.sha256[:12]}… (same network; features agree to ~1e-5)"
+            )
     elif src.has_images:  # a foreign ADM reference batch: ADM computes it with the TF graph
         if mode != "tf":
             reason = f"ADM reference statistics come from the TF pipeline (mode tf), this run uses {mode!r}"
     else:
-        notes.append(f"{src.spec}: statistics file without provenance (pytorch-fid format); "
-                     f"assuming it was computed with mode {mode!r} and TF-Inception")
+        notes.append(
+            f"{src.spec}: statistics file without provenance (pytorch-fid format); assuming it was computed with mode {mode!r} and TF-Inception"
+        )
     if reason is None:
         return True, notes
     if strict:

@@ -28,8 +28,7 @@ import torch
 from geneval.errors import GenevalError
 from geneval.metrics.fid import frechet_distance
 from geneval.metrics.lpips import build_lpips, lpips_distance
-from geneval.metrics.recon import (ChannelMoments, codebook_usage, psnr_per_image, scale_by_std, ssim_per_image,
-                                   summarize)
+from geneval.metrics.recon import ChannelMoments, codebook_usage, psnr_per_image, scale_by_std, ssim_per_image, summarize
 from geneval.metrics.registry import expand_metrics, get_metric
 from geneval.metrics.stats import GaussianAccumulator
 from geneval.results import ResultRow, ResultSet, new_run_id
@@ -144,14 +143,16 @@ def _paired(a: Source, b: Source, batch_size: int) -> Iterator[tuple[np.ndarray,
         if k:
             ca, cb = np.concatenate(buf_a), np.concatenate(buf_b)
             if ca.shape[1:] != cb.shape[1:]:
-                raise GenevalError(f"originals {ca.shape[1:3]} and reconstructions {cb.shape[1:3]} differ in size "
-                                   f"(or channels {ca.shape[3]} vs {cb.shape[3]})")
+                raise GenevalError(
+                    f"originals {ca.shape[1:3]} and reconstructions {cb.shape[1:3]} differ in size (or channels {ca.shape[3]} vs {cb.shape[3]})"
+                )
             yield ca[:k], cb[:k]
             buf_a, buf_b = [ca[k:]] if na > k else [], [cb[k:]] if nb > k else []
     left_a, left_b = sum(len(x) for x in buf_a), sum(len(x) for x in buf_b)
     if left_a or left_b:
-        raise GenevalError(f"originals and reconstructions differ in count: {left_a or left_b} more in "
-                           f"{'the originals' if left_a else 'the reconstructions'}")
+        raise GenevalError(
+            f"originals and reconstructions differ in count: {left_a or left_b} more in {'the originals' if left_a else 'the reconstructions'}"
+        )
 
 
 class _Tally:
@@ -166,11 +167,23 @@ class _Tally:
         self.n = 0
 
 
-def recon(ae: str | None = None, data: Any = DEFAULT_DATA, metrics: str | list[str] | None = None,
-          n: int | None = DEFAULT_N, batch_size: int = 50, device: str | None = None, seed: int = 0,
-          lpips_net: str = "alex", lpips_weights: str | None = None, ae_config: str | None = None,
-          reconstructions: Any = None, mode: str = "tf", inception_weights: str | None = None,
-          lpips_random_backbone: bool = False, progress: bool = False) -> ResultSet:
+def recon(
+    ae: str | None = None,
+    data: Any = DEFAULT_DATA,
+    metrics: str | list[str] | None = None,
+    n: int | None = DEFAULT_N,
+    batch_size: int = 50,
+    device: str | None = None,
+    seed: int = 0,
+    lpips_net: str = "alex",
+    lpips_weights: str | None = None,
+    ae_config: str | None = None,
+    reconstructions: Any = None,
+    mode: str = "tf",
+    inception_weights: str | None = None,
+    lpips_random_backbone: bool = False,
+    progress: bool = False,
+) -> ResultSet:
     """Score an autoencoder's reconstructions (or stored reconstructions) of a data set.
 
     Args:
@@ -227,13 +240,22 @@ def recon(ae: str | None = None, data: Any = DEFAULT_DATA, metrics: str | list[s
         rec_src.check_nonempty()
         if n is None and src.n is not None and rec_src.n is not None and src.n != rec_src.n:
             raise GenevalError(f"originals have {src.n} images but reconstructions {rec_src.n}")
-    cfg = ReconConfig(ae=None if loaded is None else (ae or "demo"), ae_config=ae_config,
-                      data=data if isinstance(data, str) else src.describe(),
-                      reconstructions=None if rec_src is None else (reconstructions if isinstance(reconstructions, str)
-                                                                     else rec_src.describe()),
-                      metrics=tuple(names), n=n, batch_size=batch_size, device=str(dev), seed=seed,
-                      lpips_net=lpips_net, lpips_weights=lpips_weights, lpips_random_backbone=lpips_random_backbone,
-                      mode=mode, inception_weights=inception_weights)
+    cfg = ReconConfig(
+        ae=None if loaded is None else (ae or "demo"),
+        ae_config=ae_config,
+        data=data if isinstance(data, str) else src.describe(),
+        reconstructions=None if rec_src is None else (reconstructions if isinstance(reconstructions, str) else rec_src.describe()),
+        metrics=tuple(names),
+        n=n,
+        batch_size=batch_size,
+        device=str(dev),
+        seed=seed,
+        lpips_net=lpips_net,
+        lpips_weights=lpips_weights,
+        lpips_random_backbone=lpips_random_backbone,
+        mode=mode,
+        inception_weights=inception_weights,
+    )
 
     tally = _Tally()
     stream = _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally)
@@ -268,13 +290,15 @@ def _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally) -> Ite
             h, w = orig.shape[1:3]
             f = cfg.downsample_factor
             if h % f or w % f:
-                raise GenevalError(f"images of {h}x{w} do not divide by the autoencoder's downsampling factor {f}: "
-                                   f"pad or crop them to a multiple of {f}")
+                raise GenevalError(
+                    f"images of {h}x{w} do not divide by the autoencoder's downsampling factor {f}: pad or crop them to a multiple of {f}"
+                )
             with torch.inference_mode():
                 out = loaded.model.reconstruct(_to_pm1(orig, dev), generator=gen)
             if tuple(out.recon.shape[2:]) != (h, w) or out.recon.shape[1] != orig.shape[-1]:
-                raise GenevalError(f"reconstructions {tuple(out.recon.shape[1:])} differ in size from the originals "
-                                   f"{(orig.shape[3], h, w)} (C, H, W)")
+                raise GenevalError(
+                    f"reconstructions {tuple(out.recon.shape[1:])} differ in size from the originals {(orig.shape[3], h, w)} (C, H, W)"
+                )
             rec = _to_uint8(out.recon)
             if want_latents:
                 if tally.moments is None:
@@ -317,8 +341,13 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
     model_name = loaded.name if loaded else "stored reconstructions"
     common_extra: dict[str, Any] = {"data": cfg.data, "quantisation": QUANTISATION}
     if loaded:
-        common_extra.update(ae_format=loaded.format, ae_path=loaded.path, ae_sha256=loaded.sha256, ae_kind=loaded.config.kind,
-                            recon_from="posterior mode" if loaded.config.kind == "kl" else "quantised codes")
+        common_extra.update(
+            ae_format=loaded.format,
+            ae_path=loaded.path,
+            ae_sha256=loaded.sha256,
+            ae_kind=loaded.config.kind,
+            recon_from="posterior mode" if loaded.config.kind == "kl" else "quantised codes",
+        )
     else:
         common_extra["reconstructions"] = cfg.reconstructions
     ref_hash = src.content_hash()
@@ -326,9 +355,22 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
 
     def add(metric: str, value: float, std: float | None = None, **kw: Any) -> None:
         extra = {**common_extra, **kw.pop("extra", {})}
-        rows.append(ResultRow(run_id=run_id, metric=metric, value=float(value), std=std, n=tally.n,
-                              higher_is_better=get_metric(metric).higher_is_better, model=model_name, seed=cfg.seed,
-                              ref_sha256=ref_hash, wall_s=round(wall, 3), extra=extra, **kw))
+        rows.append(
+            ResultRow(
+                run_id=run_id,
+                metric=metric,
+                value=float(value),
+                std=std,
+                n=tally.n,
+                higher_is_better=get_metric(metric).higher_is_better,
+                model=model_name,
+                seed=cfg.seed,
+                ref_sha256=ref_hash,
+                wall_s=round(wall, 3),
+                extra=extra,
+                **kw,
+            )
+        )
 
     for m in ("psnr", "ssim", "lpips"):
         if m in names:
@@ -350,20 +392,44 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
                 raise GenevalError("rFID needs at least 2 images")
             value = frechet_distance(a.mean(), a.cov(), b.mean(), b.cov())
             dims = a.dim
-            note = (f"N={tally.n} < {dims} feature dims: the covariances are singular and r{'s' if m == 'rsfid' else ''}FID "
-                    f"is biased upward; compare only at equal N") if tally.n < dims else "compare only at equal N"
-            add(m, value, mode=extractor.mode, features=extractor.info["features"],
-                weights_sha256=extractor.info["weights_sha256"], extra={"layer": layer, "note": note})
+            note = (
+                (
+                    f"N={tally.n} < {dims} feature dims: the covariances are singular and r{'s' if m == 'rsfid' else ''}FID "
+                    f"is biased upward; compare only at equal N"
+                )
+                if tally.n < dims
+                else "compare only at equal N"
+            )
+            add(
+                m,
+                value,
+                mode=extractor.mode,
+                features=extractor.info["features"],
+                weights_sha256=extractor.info["weights_sha256"],
+                extra={"layer": layer, "note": note},
+            )
     if tally.moments is not None:
         mean, std = tally.moments.overall()
-        lat_extra = {"latents": "KL posterior sample (seeded)" if loaded.config.kind == "kl" else "VQ pre-quantisation map",
-                     "channel_mean": tally.moments.channel_mean().tolist(), "channel_std": tally.moments.channel_std().tolist(),
-                     "latent_shape_channels": tally.moments.channels, "values_per_channel": tally.moments.count}
+        lat_extra = {
+            "latents": "KL posterior sample (seeded)" if loaded.config.kind == "kl" else "VQ pre-quantisation map",
+            "channel_mean": tally.moments.channel_mean().tolist(),
+            "channel_std": tally.moments.channel_std().tolist(),
+            "latent_shape_channels": tally.moments.channels,
+            "values_per_channel": tally.moments.count,
+        }
         first, first_n = tally.first_scale
         if "latent_scale" in names:
-            add("latent_scale", 1.0 / std, extra={**lat_extra, "first_batch_scale": first, "first_batch_size": first_n,
-                                                 "ldm_recipe": "scale_by_std: 1 / z.flatten().std() on the first batch",
-                                                 "configured_scale_factor": loaded.config.scale_factor})
+            add(
+                "latent_scale",
+                1.0 / std,
+                extra={
+                    **lat_extra,
+                    "first_batch_scale": first,
+                    "first_batch_size": first_n,
+                    "ldm_recipe": "scale_by_std: 1 / z.flatten().std() on the first batch",
+                    "configured_scale_factor": loaded.config.scale_factor,
+                },
+            )
         if "latent_std" in names:
             add("latent_std", std, extra=lat_extra)
         if "latent_mean" in names:
@@ -375,8 +441,13 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
         for m in CODEBOOK_METRICS:
             if m in names:
                 add(m, values[m], extra=cb)
-    config = {"command": "recon", **asdict(cfg), "n_read": tally.n, "ae_info": _jsonable(loaded.info) if loaded else None,
-              "ae_config_resolved": loaded.config.to_dict() if loaded else None}
+    config = {
+        "command": "recon",
+        **asdict(cfg),
+        "n_read": tally.n,
+        "ae_info": _jsonable(loaded.info) if loaded else None,
+        "ae_config_resolved": loaded.config.to_dict() if loaded else None,
+    }
     return ResultSet(rows, config)
 
 

@@ -35,10 +35,22 @@ log = logging.getLogger(__name__)
 FORMAT = "geneval-ref-v1"
 
 
-def build_reference(source: Any, out: str | os.PathLike, *, mode: str = "tf", device: str | None = None,
-                    precision: str = "exact", batch_size: int = 64, weights: str | None = None,
-                    with_images: bool = True, with_features: bool = True, stats_only: bool = False,
-                    cache: bool = True, progress: bool = True, shard_size: int = 1000) -> dict[str, Any]:
+def build_reference(
+    source: Any,
+    out: str | os.PathLike,
+    *,
+    mode: str = "tf",
+    device: str | None = None,
+    precision: str = "exact",
+    batch_size: int = 64,
+    weights: str | None = None,
+    with_images: bool = True,
+    with_features: bool = True,
+    stats_only: bool = False,
+    cache: bool = True,
+    progress: bool = True,
+    shard_size: int = 1000,
+) -> dict[str, Any]:
     """Extract pool3 + spatial features of `source` and write a reference `.npz`; returns its metadata.
 
     Args:
@@ -89,19 +101,29 @@ def build_reference(source: Any, out: str | os.PathLike, *, mode: str = "tf", de
     if n < 2048:
         log.warning("reference with N=%d < 2048: FIDs against it are biased; compare only at equal N", n)
     meta = {
-        "format": FORMAT, "mode": mode, "features": FEATURES_NAME, "weights_sha256": resolved.sha256,
-        "precision": effective_precision(config), "n": n, "source": src.describe(),
-        "source_sha256": src.content_hash(), "read": report.read, "rejected": report.n_rejected,
-        "quantisation": src.quantisation, "has_images": with_images, "has_pool3": with_features,
-        "geneval_version": __version__, "created_at": utc_now(), "world_size": dist.world,
+        "format": FORMAT,
+        "mode": mode,
+        "features": FEATURES_NAME,
+        "weights_sha256": resolved.sha256,
+        "precision": effective_precision(config),
+        "n": n,
+        "source": src.describe(),
+        "source_sha256": src.content_hash(),
+        "read": report.read,
+        "rejected": report.n_rejected,
+        "quantisation": src.quantisation,
+        "has_images": with_images,
+        "has_pool3": with_features,
+        "geneval_version": __version__,
+        "created_at": utc_now(),
+        "world_size": dist.world,
     }
     spool = ImageSpool(out.parent if str(out.parent) else Path(".")) if with_images else None
     try:
         if spool is not None:  # a second, decode-only pass: the images go straight to disk
             for _ in spool.tee(src.batches(batch_size)):
                 pass
-        write_reference(out, {k: (s.mu, s.sigma) for k, s in streamed.stats.items()}, meta, images=spool,
-                        pool3=streamed.rows.get("pool3"))
+        write_reference(out, {k: (s.mu, s.sigma) for k, s in streamed.stats.items()}, meta, images=spool, pool3=streamed.rows.get("pool3"))
     finally:
         if spool is not None:
             spool.discard()

@@ -123,10 +123,24 @@ class ResultRow:
 
 # How each field is read back; files written by hand or by other tools get the same checks.
 _FIELD_KINDS: dict[str, str] = {
-    "run_id": "str", "metric": "str", "value": "float", "std": "float", "n": "int",
-    "higher_is_better": "bool", "model": "str", "sampler": "str", "steps": "int",
-    "guidance": "float", "convention": "str", "seed": "int", "mode": "str", "features": "str",
-    "weights_sha256": "str", "ref_sha256": "str", "geneval_version": "str", "created_at": "str",
+    "run_id": "str",
+    "metric": "str",
+    "value": "float",
+    "std": "float",
+    "n": "int",
+    "higher_is_better": "bool",
+    "model": "str",
+    "sampler": "str",
+    "steps": "int",
+    "guidance": "float",
+    "convention": "str",
+    "seed": "int",
+    "mode": "str",
+    "features": "str",
+    "weights_sha256": "str",
+    "ref_sha256": "str",
+    "geneval_version": "str",
+    "created_at": "str",
     "wall_s": "float",
 }
 _TRUE = {"true", "1", "yes"}
@@ -269,7 +283,7 @@ class ResultSet:
                 v = _parse_extra_cell(rec.pop(k))
                 if v is not None:  # an empty cell: the key belongs to other rows only
                     key = str(k)
-                    extra[key[len("extra_"):] if key.startswith("extra_") else key] = v
+                    extra[key[len("extra_") :] if key.startswith("extra_") else key] = v
             rec["extra"] = extra
             rows.append(ResultRow.from_dict(rec))
         return cls(rows, dict(config or {}))

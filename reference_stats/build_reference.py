@@ -48,7 +48,7 @@ def extract_chunks(split: str, work: Path, limit: int | None, threads: int) -> t
             if ex is None:
                 ex = FeatureExtractor(mode="tf", device="cpu", precision="exact", batch_size=50)
             t0 = time.time()
-            f = ex.extract(ds.images[start:start + CHUNK])
+            f = ex.extract(ds.images[start : start + CHUNK])
             tmp = path.with_name(path.name + ".tmp.npz")
             np.savez(tmp, pool3=f["pool3"].numpy(), spatial=f["spatial"].numpy())
             os.replace(tmp, path)
@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
     n = len(pool3)
     name = f"fashion-mnist-{args.split}-32-tf.npz"
     meta = {
-        "mode": "tf", "features": FEATURES_NAME, "precision": "exact", "n": n, **winfo,
+        "mode": "tf",
+        "features": FEATURES_NAME,
+        "precision": "exact",
+        "n": n,
+        **winfo,
         "source": f"fashion-mnist:{args.split} (Debian dataset-fashion-mnist), first {n} images in file order",
         "preprocessing": "28x28 uint8 zero-padded to 32x32, gray repeated to RGB, TF1 bilinear resize to 299 (mode tf)",
         "pr_subset": min(args.pr_subset, n),
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     man = json.loads(man_path.read_text()) if man_path.exists() else {"files": {}}
     man["files"][name] = {
         **{k: meta[k] for k in ("source", "n", "mode", "features", "precision", "preprocessing", "weights_sha256", "pr_subset")},
-        "sha256": digest, "bytes": out.stat().st_size,
+        "sha256": digest,
+        "bytes": out.stat().st_size,
         "stored": "mu float64; sigma upper triangle float32 (symmetric, N-1 normalised); pool3_subset float16 (first pr_subset rows)",
         "expanded_on_first_use": "geneval.zoo.demo_reference() writes a standard reference .npz (mu, sigma float64, geneval_pool3) to the cache",
         "build_command": "python reference_stats/build_reference.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -14,8 +14,9 @@ from geneval.models.ae_formats import ZOO, infer_config, load_autoencoder, save_
 from geneval.models.autoencoder import AEConfig, build_autoencoder
 
 # A small LDM ddconfig: two levels, attention at 16 px (level 1), 32 → 64 channels.
-DDCONFIG = dict(double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
-                num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
+DDCONFIG = dict(
+    double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], dropout=0.0
+)
 SMALL = AEConfig.from_ddconfig(DDCONFIG, embed_dim=4)
 
 
@@ -76,8 +77,9 @@ def test_ldm_ckpt_round_trip_through_first_stage_prefix(tmp_path):
     torch.save({"state_dict": state, "global_step": 7}, path)
     loaded = load_autoencoder(path)  # shape read off the tensors
     assert loaded.format == "ldm"
-    assert loaded.config == AEConfig.from_dict({**SMALL.to_dict(), "resolution": 256, "attn_resolutions": (128,),
-                                                "ch_mult": (1, 2), "scale_factor": 0.25})
+    assert loaded.config == AEConfig.from_dict(
+        {**SMALL.to_dict(), "resolution": 256, "attn_resolutions": (128,), "ch_mult": (1, 2), "scale_factor": 0.25}
+    )
     assert loaded.info["ignored_other_tensors"] == 2  # the UNet tensor and the scale_factor buffer
     for k, v in src.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
@@ -94,9 +96,19 @@ def test_ldm_yaml_and_standalone_with_loss_tensors(tmp_path):
     path = tmp_path / "model.ckpt"
     torch.save({"state_dict": state}, path)
     cfg_path = tmp_path / "ldm.yaml"
-    cfg_path.write_text(yaml.safe_dump({"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
-        "scale_factor": 0.18215, "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL",
-                                                        "params": {"embed_dim": 4, "ddconfig": DDCONFIG}}}}}))
+    cfg_path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {
+                    "target": "ldm.models.diffusion.ddpm.LatentDiffusion",
+                    "params": {
+                        "scale_factor": 0.18215,
+                        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {"embed_dim": 4, "ddconfig": DDCONFIG}},
+                    },
+                }
+            }
+        )
+    )
     loaded = load_autoencoder(path, config=cfg_path)
     assert loaded.format == "ldm-standalone" and loaded.info["ignored_training_tensors"] == 1
     assert loaded.config.attn_resolutions == (16,) and loaded.config.scale_factor == 0.18215
@@ -125,8 +137,7 @@ def test_wrong_checkpoints_are_named_and_listed(tmp_path):
 def test_cli_wrong_checkpoint_exits_2(tmp_path):
     bad = tmp_path / "unet.pt"
     torch.save({"input_blocks.0.0.weight": torch.zeros(4, 3, 3, 3)}, bad)
-    r = subprocess.run([sys.executable, "-m", "geneval", "recon", "--ae", str(bad), "--metrics", "psnr", "--n", "2"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "geneval", "recon", "--ae", str(bad), "--metrics", "psnr", "--n", "2"], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "not an autoencoder checkpoint" in r.stderr
     assert r.stdout == ""
@@ -165,9 +176,17 @@ def test_kl_matches_diffusers_after_its_own_ldm_conversion():
     dd = {**DDCONFIG, "attn_resolutions": []}  # diffusers' VAE has attention only in the middle block
     cfg = AEConfig.from_ddconfig(dd, embed_dim=4)
     ours = _randomised(build_autoencoder(cfg), seed=2)
-    dcfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], latent_channels=4,
-                layers_per_block=1, norm_num_groups=32, sample_size=32)
+    dcfg = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 64],
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=32,
+    )
     theirs = DAutoencoderKL(**dcfg).eval()
     conv = convert_ldm_vae_checkpoint({f"first_stage_model.{k}": v for k, v in ours.state_dict().items()}, dcfg)
     missing, unexpected = theirs.load_state_dict(conv, strict=False)
@@ -187,9 +206,17 @@ def test_diffusers_folder_loads_through_the_extra(tmp_path):
     from diffusers import AutoencoderKL as DAutoencoderKL
 
     torch.manual_seed(0)
-    vae = DAutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 2,
-                         up_block_types=["UpDecoderBlock2D"] * 2, block_out_channels=[32, 64], latent_channels=4,
-                         layers_per_block=1, norm_num_groups=32, sample_size=32).eval()
+    vae = DAutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 64],
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=32,
+    ).eval()
     vae.save_pretrained(tmp_path / "vae")
     loaded = load_autoencoder(tmp_path / "vae")
     assert loaded.format == "diffusers" and loaded.config.downsample_factor == 2 and loaded.sha256
@@ -211,13 +238,22 @@ def test_shipped_demo_checkpoints(name, kind):
 
 # ---------------------------------------------------------------- ddconfig items LDM reads (attn_type, tanh_out, ...)
 
-TINY_DD = {"double_z": False, "z_channels": 3, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
-           "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0}
+TINY_DD = {
+    "double_z": False,
+    "z_channels": 3,
+    "resolution": 16,
+    "in_channels": 3,
+    "out_ch": 3,
+    "ch": 32,
+    "ch_mult": [1, 2],
+    "num_res_blocks": 1,
+    "attn_resolutions": [8],
+    "dropout": 0.0,
+}
 
 
 def _tiny(kind: str = "vq", **dd) -> torch.nn.Module:
-    cfg = AEConfig.from_ddconfig({**TINY_DD, "double_z": kind == "kl", **dd}, embed_dim=3, kind=kind,
-                                 n_embed=16 if kind == "vq" else None)
+    cfg = AEConfig.from_ddconfig({**TINY_DD, "double_z": kind == "kl", **dd}, embed_dim=3, kind=kind, n_embed=16 if kind == "vq" else None)
     return _randomised(build_autoencoder(cfg))
 
 
@@ -243,12 +279,32 @@ def test_attn_type_none_is_identity_without_weights(one_thread):
 def test_zoo_vq_f4_noattn_yaml_loads(tmp_path):
     yaml = pytest.importorskip("yaml")
     # models/first_stage_models/vq-f4-noattn/config.yaml from CompVis/latent-diffusion, at a tiny width.
-    dd = {"attn_type": "none", "double_z": False, "z_channels": 3, "resolution": 16, "in_channels": 3, "out_ch": 3,
-          "ch": 32, "ch_mult": [1, 2, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-    doc = {"model": {"base_learning_rate": 4.5e-06, "target": "ldm.models.autoencoder.VQModel", "params": {
-        "embed_dim": 3, "n_embed": 16, "monitor": "val/rec_loss", "ddconfig": dd,
-        "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
-                       "params": {"disc_start": 11}}}}}
+    dd = {
+        "attn_type": "none",
+        "double_z": False,
+        "z_channels": 3,
+        "resolution": 16,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 32,
+        "ch_mult": [1, 2, 4],
+        "num_res_blocks": 2,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+    doc = {
+        "model": {
+            "base_learning_rate": 4.5e-06,
+            "target": "ldm.models.autoencoder.VQModel",
+            "params": {
+                "embed_dim": 3,
+                "n_embed": 16,
+                "monitor": "val/rec_loss",
+                "ddconfig": dd,
+                "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator", "params": {"disc_start": 11}},
+            },
+        }
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(doc))
     src = _randomised(build_autoencoder(AEConfig.from_ddconfig(dd, 3, kind="vq", n_embed=16)))
     state = {**src.state_dict(), "loss.discriminator.main.0.weight": torch.zeros(1)}
@@ -285,8 +341,7 @@ def test_use_linear_attn_matches_ldm_linear_attention():
     m = _tiny(use_linear_attn=True, attn_type="vanilla")  # LDM: use_linear_attn overrides attn_type
     assert m.config.attn_type == "linear"
     keys = [k for k in m.state_dict() if "mid.attn_1" in k]
-    assert sorted(keys) == sorted(f"{s}.mid.attn_1.{n}" for s in ("encoder", "decoder")
-                                  for n in ("to_qkv.weight", "to_out.weight", "to_out.bias"))
+    assert sorted(keys) == sorted(f"{s}.mid.attn_1.{n}" for s in ("encoder", "decoder") for n in ("to_qkv.weight", "to_out.weight", "to_out.bias"))
     block = m.decoder.mid.attn_1
     x = torch.randn(2, 64, 4, 4)
     # LDM's LinearAttention(heads=1, dim_head=C) written out: no norm, no residual.
@@ -304,11 +359,22 @@ def test_unknown_ddconfig_key_is_an_error(tmp_path, key):
         AEConfig.from_ddconfig({**TINY_DD, key: 1}, embed_dim=3, kind="vq", n_embed=16)
     yaml = pytest.importorskip("yaml")
     cfg = tmp_path / "ae.yaml"
-    cfg.write_text(yaml.safe_dump({"model": {"target": "ldm.models.autoencoder.VQModel", "params": {
-        "embed_dim": 3, "n_embed": 16, "ddconfig": {**TINY_DD, key: 1}}}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"model": {"target": "ldm.models.autoencoder.VQModel", "params": {"embed_dim": 3, "n_embed": 16, "ddconfig": {**TINY_DD, key: 1}}}}
+        )
+    )
     torch.save(_tiny().state_dict(), tmp_path / "ae.pt")
-    r = subprocess.run([sys.executable, "-m", "geneval", "recon", "--ae", str(tmp_path / "ae.pt"), "--ae-config", str(cfg),
-                        "--metrics", "psnr", "--n", "2"], capture_output=True, text=True, check=False) if key == "attn_typo" else None
+    r = (
+        subprocess.run(
+            [sys.executable, "-m", "geneval", "recon", "--ae", str(tmp_path / "ae.pt"), "--ae-config", str(cfg), "--metrics", "psnr", "--n", "2"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if key == "attn_typo"
+        else None
+    )
     if r is not None:  # the exit-2 path once, through the CLI
         assert r.returncode == 2 and key in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

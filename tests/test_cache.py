@@ -13,8 +13,9 @@ from geneval.features.cache import make_key
 
 
 def _key(**over):
-    base = dict(content_sha256="c" * 64, extractor="tf-inception-2015-12-05", weights_sha256="w" * 64,
-                mode="tf", precision="exact", geneval_version="0.1.0")
+    base = dict(
+        content_sha256="c" * 64, extractor="tf-inception-2015-12-05", weights_sha256="w" * 64, mode="tf", precision="exact", geneval_version="0.1.0"
+    )
     base.update(over)
     return make_key(**base)
 
@@ -22,8 +23,15 @@ def _key(**over):
 def test_key_changes_with_every_part():
     k = _key()
     assert k.digest == _key().digest and len(k.digest) == 64
-    for field, value in [("content_sha256", "d" * 64), ("extractor", "other"), ("weights_sha256", "v" * 64),
-                         ("mode", "pytorch"), ("mode", "clean"), ("precision", "tf32"), ("geneval_version", "9.9")]:
+    for field, value in [
+        ("content_sha256", "d" * 64),
+        ("extractor", "other"),
+        ("weights_sha256", "v" * 64),
+        ("mode", "pytorch"),
+        ("mode", "clean"),
+        ("precision", "tf32"),
+        ("geneval_version", "9.9"),
+    ]:
         assert _key(**{field: value}).digest != k.digest, field
     assert make_key("c", "e", "w", "tf", "exact").geneval_version == geneval.__version__
 
@@ -57,9 +65,11 @@ def test_shard_claims_are_exclusive_between_processes(tmp_path):
     from geneval.runner.shards import ShardStore
 
     store = ShardStore(tmp_path, {"k": 1}, n=4, shard_size=2).open()
-    probe = (f"import sys; sys.path.insert(0, {str(pathlib_root())!r}); from geneval.runner.shards import ShardStore; "
-             f"s = ShardStore({str(tmp_path)!r}, {{'k': 1}}, n=4, shard_size=2)\n"
-             "with s.claim(0, wait=False) as got: print(got)")
+    probe = (
+        f"import sys; sys.path.insert(0, {str(pathlib_root())!r}); from geneval.runner.shards import ShardStore; "
+        f"s = ShardStore({str(tmp_path)!r}, {{'k': 1}}, n=4, shard_size=2)\n"
+        "with s.claim(0, wait=False) as got: print(got)"
+    )
     with store.claim(0, wait=False) as got:
         assert got
         held = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -160,15 +160,18 @@ def test_documented_torchrun_command_lines_parse_as_written():
         argv = shlex.split(line.replace("\\\n", " "))[1:]
         args = parser_args = get_args_parser().parse_args(argv)
         assert args.module and parser_args.training_script == "geneval", line
-        tail = argv[argv.index("geneval") + 1:]
+        tail = argv[argv.index("geneval") + 1 :]
         assert args.training_script_args == tail, line
 
 
-@pytest.mark.parametrize("argv", [
-    ["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--out", "{file}/x/results.json"],
-    ["report", "{reports}", "--out", "{file}/report.md"],
-    ["sample", "--model", "demo", "--num-samples", "2", "--out", "{file}/s.npz"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--out", "{file}/x/results.json"],
+        ["report", "{reports}", "--out", "{file}/report.md"],
+        ["sample", "--model", "demo", "--num-samples", "2", "--out", "{file}/s.npz"],
+    ],
+)
 def test_unwritable_outputs_fail_before_work(argv, tmp_path, monkeypatch, capsys):
     """An --out under a regular file is a one-line exit-2 error before anything is read or sampled."""
     from geneval.cli import main
@@ -258,7 +261,7 @@ def test_core_streams_is_without_rows(tmp_path, rng):
     produce_pos = [0]
 
     def extract_tracking(images):
-        out = {"logits": torch.from_numpy(logits[produce_pos[0]:produce_pos[0] + len(images)])}
+        out = {"logits": torch.from_numpy(logits[produce_pos[0] : produce_pos[0] + len(images)])}
         produce_pos[0] += len(images)
         return out
 
@@ -280,8 +283,15 @@ def test_new_metrics_through_the_compute_table(rng):
     ref = centres[ly] + rng.normal(size=(360, 8))
     x = centres[lx] + rng.normal(size=(300, 8))
     x[lx == 1] += 3.0  # class 1 degraded
-    vals = {v.name: v for v in compute_metrics("fid,pr,vendi,fid_inf,fid_per_class", FeatureSet(pool3=x, labels=lx),
-                                                FeatureSet(pool3=ref, labels=ly), MetricOptions(ci=0.9, ci_n_boot=30))}
+    vals = {
+        v.name: v
+        for v in compute_metrics(
+            "fid,pr,vendi,fid_inf,fid_per_class",
+            FeatureSet(pool3=x, labels=lx),
+            FeatureSet(pool3=ref, labels=ly),
+            MetricOptions(ci=0.9, ci_n_boot=30),
+        )
+    }
     pc = vals["fid_per_class"].extra
     assert pc["worst_class"] == 1 and pc["per_class"]["1"] > 5 * max(pc["per_class"]["0"], pc["per_class"]["2"])
     for m in ("fid", "precision", "recall"):
@@ -319,8 +329,9 @@ def test_sample_takes_zoo_names_like_run(tmp_path, capsys):
     from geneval.cli import main
 
     with pytest.raises(SystemExit) as e:
-        main(["sample", "--model", "demo", "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"),
-              "--no-progress", "--device", "cpu"])
+        main(
+            ["sample", "--model", "demo", "--num-samples", "2", "--steps", "2", "--out", str(tmp_path / "s.npz"), "--no-progress", "--device", "cpu"]
+        )
     assert e.value.code == 0, capsys.readouterr().err
     with np.load(tmp_path / "s.npz") as z:
         assert z["arr_0"].shape == (2, 32, 32, 3)

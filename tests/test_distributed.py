@@ -38,8 +38,7 @@ def launch(world: int, args: list[str], cache: Path, timeout: float = 600) -> su
     if world == 1:
         cmd = [sys.executable, "-m", "geneval", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
-               "-m", "geneval", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world), "-m", "geneval", *args]
     return subprocess.run(cmd, env=_env(cache), capture_output=True, text=True, timeout=timeout)
 
 
@@ -60,10 +59,38 @@ def cache(tmp_path_factory, session_cache):
 
 
 def _run_args(ckpt: Path, out: Path, run_id: str, world: int) -> list[str]:
-    return ["run", "--model", str(ckpt), "--metrics", METRICS, "--ref", REF, "--num-samples", str(N), "--steps", "3",
-            "--guidance", "1", "--convention", "w", "--seed", "5", "--batch-size", "4", "--shard-size", "4",
-            "--device", "cpu", "--save-samples", str(out / f"{run_id}.npz"), "--out-dir", str(out),
-            "--run-id", run_id, "--no-progress"]
+    return [
+        "run",
+        "--model",
+        str(ckpt),
+        "--metrics",
+        METRICS,
+        "--ref",
+        REF,
+        "--num-samples",
+        str(N),
+        "--steps",
+        "3",
+        "--guidance",
+        "1",
+        "--convention",
+        "w",
+        "--seed",
+        "5",
+        "--batch-size",
+        "4",
+        "--shard-size",
+        "4",
+        "--device",
+        "cpu",
+        "--save-samples",
+        str(out / f"{run_id}.npz"),
+        "--out-dir",
+        str(out),
+        "--run-id",
+        run_id,
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +129,28 @@ def test_eval_metrics_agree_across_world_sizes(runs, tmp_path, cache):
     values = []
     for world in (1, 2, 3):
         out = tmp_path / f"eval{world}.json"
-        p = launch(world, ["eval", str(runs / "w1.npz"), "--ref", REF, "--metrics", METRICS, "--device", "cpu",
-                           "--batch-size", "4", "--shard-size", "4", "--no-cache", "--quiet", "--out", str(out)], cache)
+        p = launch(
+            world,
+            [
+                "eval",
+                str(runs / "w1.npz"),
+                "--ref",
+                REF,
+                "--metrics",
+                METRICS,
+                "--device",
+                "cpu",
+                "--batch-size",
+                "4",
+                "--shard-size",
+                "4",
+                "--no-cache",
+                "--quiet",
+                "--out",
+                str(out),
+            ],
+            cache,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         assert sum(line.startswith("metric ") for line in p.stdout.splitlines()) == 1  # only rank 0 prints the table
         rows = json.loads(out.read_text())["results"]
@@ -122,8 +169,25 @@ def test_ref_build_identical_across_world_sizes(tmp_path, cache):
     outs = []
     for world in (1, 2):
         out = tmp_path / f"ref{world}.npz"
-        p = launch(world, ["ref", "build", "fashion-mnist:test[0:10]", "--out", str(out), "--device", "cpu",
-                           "--batch-size", "4", "--shard-size", "3", "--no-cache", "--quiet"], cache)
+        p = launch(
+            world,
+            [
+                "ref",
+                "build",
+                "fashion-mnist:test[0:10]",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "4",
+                "--shard-size",
+                "3",
+                "--no-cache",
+                "--quiet",
+            ],
+            cache,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(np.load(out))
     a, b = outs
@@ -134,8 +198,27 @@ def test_ref_build_identical_across_world_sizes(tmp_path, cache):
 
 
 def test_preflight_failure_on_every_rank_is_one_line_exit_2(ckpt, tmp_path, cache):
-    p = launch(2, ["run", "--model", str(ckpt), "--metrics", "fid,psnr", "--ref", REF, "--num-samples", "4",
-                   "--device", "cpu", "--out-dir", str(tmp_path), "--no-progress"], cache, timeout=300)
+    p = launch(
+        2,
+        [
+            "run",
+            "--model",
+            str(ckpt),
+            "--metrics",
+            "fid,psnr",
+            "--ref",
+            REF,
+            "--num-samples",
+            "4",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        cache,
+        timeout=300,
+    )
     assert p.returncode != 0
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "psnr" in errors[0], p.stderr[-2000:]
@@ -148,8 +231,7 @@ def test_killed_rank_ends_the_job_and_rerun_resumes_identically(ckpt, tmp_path, 
     args = _run_args(ckpt, out, "killed", 2)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "geneval", *args]
     env = _env(cache) | {"GENEVAL_KEEP_SHARDS": ""}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     store_root = cache / "runs"
     deadline = time.time() + 300
     killed = False

@@ -53,21 +53,27 @@ def files(tmp_path, fmnist_test):
     return d
 
 
-@pytest.mark.parametrize("case, argv, match", [
-    ("missing path", ["{tmp}/nope", "--ref", "{tmp}/good.npy"], "not found"),
-    ("missing ref", ["{tmp}/good.npy", "--ref", "{tmp}/nope.npz"], "not found"),
-    ("empty folder", ["{tmp}/empty", "--ref", "{tmp}/good.npy"], "no images found"),
-    ("truncated npz", ["{tmp}/trunc.npz", "--ref", "{tmp}/good.npy"], "corrupt or truncated"),
-    ("wrong shape", ["{tmp}/shape.npy", "--ref", "{tmp}/good.npy"], "wrong image array shape"),
-    ("float dtype", ["{tmp}/float.npy", "--ref", "{tmp}/good.npy"], "need a stated range"),
-    ("N = 1", ["{tmp}/one.npy", "--ref", "{tmp}/good.npy"], "got N=1"),
-    ("kid subset > N", ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--metrics", "kid", "--kid-subset-size", "9"],
-     "KID subset size 9 is larger"),
-    ("unknown metric", ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--metrics", "fid,foo"], "unknown metric 'foo'"),
-    ("stats-only ref", ["{tmp}/good.npy", "--ref", "{tmp}/stats.npz", "--metrics", "pr"], "statistics only"),
-    ("no ref", ["{tmp}/good.npy", "--metrics", "fid"], "against a reference"),
-    ("bad out suffix", ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--out", "{tmp}/r.txt"], "unknown format .txt"),
-])
+@pytest.mark.parametrize(
+    "case, argv, match",
+    [
+        ("missing path", ["{tmp}/nope", "--ref", "{tmp}/good.npy"], "not found"),
+        ("missing ref", ["{tmp}/good.npy", "--ref", "{tmp}/nope.npz"], "not found"),
+        ("empty folder", ["{tmp}/empty", "--ref", "{tmp}/good.npy"], "no images found"),
+        ("truncated npz", ["{tmp}/trunc.npz", "--ref", "{tmp}/good.npy"], "corrupt or truncated"),
+        ("wrong shape", ["{tmp}/shape.npy", "--ref", "{tmp}/good.npy"], "wrong image array shape"),
+        ("float dtype", ["{tmp}/float.npy", "--ref", "{tmp}/good.npy"], "need a stated range"),
+        ("N = 1", ["{tmp}/one.npy", "--ref", "{tmp}/good.npy"], "got N=1"),
+        (
+            "kid subset > N",
+            ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--metrics", "kid", "--kid-subset-size", "9"],
+            "KID subset size 9 is larger",
+        ),
+        ("unknown metric", ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--metrics", "fid,foo"], "unknown metric 'foo'"),
+        ("stats-only ref", ["{tmp}/good.npy", "--ref", "{tmp}/stats.npz", "--metrics", "pr"], "statistics only"),
+        ("no ref", ["{tmp}/good.npy", "--metrics", "fid"], "against a reference"),
+        ("bad out suffix", ["{tmp}/good.npy", "--ref", "{tmp}/good.npz", "--out", "{tmp}/r.txt"], "unknown format .txt"),
+    ],
+)
 def test_bad_inputs_exit_2_before_work(case, argv, match, files, capsys, monkeypatch):
     from geneval.features.extract import FeatureExtractor
 
@@ -80,15 +86,20 @@ def test_bad_inputs_exit_2_before_work(case, argv, match, files, capsys, monkeyp
 
 
 def test_all_images_corrupt_is_fatal(files, capsys):
-    line = assert_usage_error(["eval", str(files["tmp"] / "corrupt"), "--ref", str(files["tmp"] / "good.npy"),
-                               "--metrics", "fid"], capsys, "no readable image among 2", files["out"])
+    line = assert_usage_error(
+        ["eval", str(files["tmp"] / "corrupt"), "--ref", str(files["tmp"] / "good.npy"), "--metrics", "fid"],
+        capsys,
+        "no readable image among 2",
+        files["out"],
+    )
     assert "a.png" in line
 
 
 def test_is_without_logits_weights_fails_in_preflight(files, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    line = assert_usage_error(["eval", str(files["tmp"] / "good.npy"), "--metrics", "fid,is", "--ref",
-                               str(files["tmp"] / "good.npz")], capsys, "logits", files["out"])
+    line = assert_usage_error(
+        ["eval", str(files["tmp"] / "good.npy"), "--metrics", "fid,is", "--ref", str(files["tmp"] / "good.npz")], capsys, "logits", files["out"]
+    )
     # Names the file, its hash and where to put it / how to fetch it.
     assert "pt_inception-2015-12-05-6726825d.pth" in line and "6726825d0af5f729" in line
     assert "geneval weights fetch" in line
@@ -133,8 +144,7 @@ def test_ref_build_cli_and_use_as_ref(tmp_path, capsys, fmnist_test):
     meta = json.loads(str(np.load(ref)["geneval_meta"]))
     assert meta["n"] == 6 and meta["mode"] == "tf" and meta["source_sha256"]
     results = tmp_path / "r.json"
-    code, out, err = run(["eval", str(tmp_path / "x.zip"), "--ref", str(ref), "--metrics", "pr",
-                          "--out", str(results)], capsys)
+    code, out, err = run(["eval", str(tmp_path / "x.zip"), "--ref", str(ref), "--metrics", "pr", "--out", str(results)], capsys)
     assert code == 0, err
     rows = json.loads(results.read_text())["results"]
     assert [r["metric"] for r in rows] == ["precision", "recall"]
@@ -142,9 +152,11 @@ def test_ref_build_cli_and_use_as_ref(tmp_path, capsys, fmnist_test):
     assert rows[0]["value"] == 1.0 and rows[1]["value"] == 1.0  # zip of the same images as the reference
     # Bad ref-build inputs: exit 2, no output.
     bad = tmp_path / "bad.npz"
-    for argv, match in [(["ref", "build", str(tmp_path / "nope"), "--out", str(bad)], "not found"),
-                        (["ref", "build", str(tmp_path / "x.npy"), "--out", str(tmp_path / "bad.txt")], ".npz"),
-                        (["ref", "build", str(tmp_path / "ref.npz"), "--out", str(bad), "--mode", "nearest"], "unknown mode")]:
+    for argv, match in [
+        (["ref", "build", str(tmp_path / "nope"), "--out", str(bad)], "not found"),
+        (["ref", "build", str(tmp_path / "x.npy"), "--out", str(tmp_path / "bad.txt")], ".npz"),
+        (["ref", "build", str(tmp_path / "ref.npz"), "--out", str(bad), "--mode", "nearest"], "unknown mode"),
+    ]:
         code, out, err = run(argv, capsys)
         assert code == 2 and match in err and err.startswith("error: "), err
         assert not bad.exists()

@@ -155,8 +155,15 @@ def test_score_on_features_made_elsewhere(rng):
     samples = SideFeatures.from_arrays({"pool3": x}, describe="12 samples from demo")
     ref = SideFeatures.from_arrays({"pool3": y}, describe="ref", content_sha256="r" * 64)
     info = {"features": "tf-inception-2015-12-05", "weights_sha256": "w" * 64, "mode": "tf", "precision": "exact"}
-    rs = score(samples, ref, "pr,kid", info=info, seed=3, model="demo",
-               extra_provenance={"sampler": "ddim", "steps": 25, "guidance": 1.5, "convention": "cfg-s", "nfe": 25})
+    rs = score(
+        samples,
+        ref,
+        "pr,kid",
+        info=info,
+        seed=3,
+        model="demo",
+        extra_provenance={"sampler": "ddim", "steps": 25, "guidance": 1.5, "convention": "cfg-s", "nfe": 25},
+    )
     assert [r.metric for r in rs] == ["precision", "recall", "kid"]
     row = rs["kid"]
     assert (row.model, row.sampler, row.steps, row.guidance, row.convention) == ("demo", "ddim", 25, 1.5, "cfg-s")

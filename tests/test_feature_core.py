@@ -12,11 +12,14 @@ import torch
 from geneval.errors import GenevalError
 
 
-@pytest.mark.parametrize("argv, file", [
-    (["run", "--num-samples", "4", "--features", "dinov2", "--no-progress"], "dinov2_vitl14_pretrain.pth"),
-    (["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--metrics", "cmmd", "--quiet"], "ViT-L-14-336px.pt"),
-    (["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--metrics", "fd_dinov2", "--quiet"], "dinov2_vitl14_pretrain.pth"),
-])
+@pytest.mark.parametrize(
+    "argv, file",
+    [
+        (["run", "--num-samples", "4", "--features", "dinov2", "--no-progress"], "dinov2_vitl14_pretrain.pth"),
+        (["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--metrics", "cmmd", "--quiet"], "ViT-L-14-336px.pt"),
+        (["eval", "fashion-mnist:test[0:4]", "--ref", "fashion-mnist:test[4:8]", "--metrics", "fd_dinov2", "--quiet"], "dinov2_vitl14_pretrain.pth"),
+    ],
+)
 def test_missing_network_weights_fail_in_preflight(argv, file, tmp_path, monkeypatch, capsys):
     """Offline: one `error:` line naming the file, its hash and where it comes from; exit 2; nothing extracted."""
     from geneval.cli import main
@@ -50,8 +53,7 @@ def toy_network(monkeypatch):
     from geneval.metrics.registry import METRICS, MetricSpec, register
 
     base = networks.NETWORKS["inception"]
-    toy = dataclasses.replace(base, name="toy", features={"toy_feat": 6}, weights=(), extra=None,
-                              build=lambda **k: _Toy())
+    toy = dataclasses.replace(base, name="toy", features={"toy_feat": 6}, weights=(), extra=None, build=lambda **k: _Toy())
 
     class _Checked(type(toy)):
         def check(self, weights=None):
@@ -59,8 +61,17 @@ def toy_network(monkeypatch):
 
     toy = _Checked(**{f.name: getattr(toy, f.name) for f in dataclasses.fields(toy)})
     monkeypatch.setitem(networks.NETWORKS, "toy", toy)
-    spec = MetricSpec("fd_toy", False, ("toy_feat",), True, "fd_toy", "FD on the toy network", stats_suffice=True,
-                      compute=lambda ctx: frechet_metric(ctx, "fd_toy", "toy_feat"), weights=("toy",))
+    spec = MetricSpec(
+        "fd_toy",
+        False,
+        ("toy_feat",),
+        True,
+        "fd_toy",
+        "FD on the toy network",
+        stats_suffice=True,
+        compute=lambda ctx: frechet_metric(ctx, "fd_toy", "toy_feat"),
+        weights=("toy",),
+    )
     register(spec)
     yield toy
     METRICS.pop("fd_toy", None)

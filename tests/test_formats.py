@@ -23,8 +23,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_cfg(**kw) -> UNetConfig:
-    base = dict(image_size=8, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(4,),
-                channel_mult=(1, 2), num_classes=5, num_heads=2, use_scale_shift_norm=True, resblock_updown=True)
+    base = dict(
+        image_size=8,
+        model_channels=32,
+        out_channels=6,
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        channel_mult=(1, 2),
+        num_classes=5,
+        num_heads=2,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+    )
     base.update(kw)
     return UNetConfig(**base)
 
@@ -50,8 +60,9 @@ def test_native_roundtrip(tmp_path, as_dir):
 
 
 def test_native_classifier_roundtrip(tmp_path):
-    cfg = ClassifierConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,),
-                           channel_mult=(1, 1), num_head_channels=32)
+    cfg = ClassifierConfig(
+        image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 1), num_head_channels=32
+    )
     net = init_random_(EncoderUNet(cfg).eval(), seed=1)
     save_native(net, cfg, tmp_path / "c.safetensors")
     lm = load_model(tmp_path / "c.safetensors")
@@ -111,8 +122,9 @@ def test_unsafe_or_foreign_files_are_refused(tmp_path):
 
 
 def test_describe_state_dict_for_classifier():
-    cfg = ClassifierConfig(image_size=16, model_channels=32, out_channels=7, num_res_blocks=1, attention_resolutions=(8,),
-                           channel_mult=(1, 2), num_head_channels=32)
+    cfg = ClassifierConfig(
+        image_size=16, model_channels=32, out_channels=7, num_res_blocks=1, attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=32
+    )
     d = describe_state_dict(EncoderUNet(cfg).state_dict())
     assert d.startswith("classifier") and "classes=7" in d and "pool grid 8px" in d
 
@@ -120,12 +132,20 @@ def test_describe_state_dict_for_classifier():
 def test_diffusers_folder(tmp_path):
     from diffusers import DDPMScheduler, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     unet.save_pretrained(tmp_path / "pipe" / "unet")
     DDPMScheduler(num_train_timesteps=500, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction").save_pretrained(
-        tmp_path / "pipe" / "scheduler")
+        tmp_path / "pipe" / "scheduler"
+    )
     (tmp_path / "pipe" / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
     lm = load_model(tmp_path / "pipe")
     assert lm.format == "diffusers" and lm.image_size == 8 and lm.num_classes is None and len(lm.weights_sha256) == 64

@@ -22,9 +22,28 @@ def make_run(run_id="run-0", seed=0, n=2000, mode="tf", std=True, **values):
     rows = []
     for m, v in vals.items():
         s, meth = stds.get(m, (None, None)) if std else (None, None)
-        rows.append(ResultRow(run_id, m, v, s, n, None, "demo-fmnist", "heun", 18, 1.0, "cfg-w", seed, mode,
-                              "inception-v3-tf", W, None if m == "is" else R, wall_s=4.0,
-                              extra={"std_method": meth} if meth else {}))
+        rows.append(
+            ResultRow(
+                run_id,
+                m,
+                v,
+                s,
+                n,
+                None,
+                "demo-fmnist",
+                "heun",
+                18,
+                1.0,
+                "cfg-w",
+                seed,
+                mode,
+                "inception-v3-tf",
+                W,
+                None if m == "is" else R,
+                wall_s=4.0,
+                extra={"std_method": meth} if meth else {},
+            )
+        )
     return ResultSet(rows, {"seed": seed})
 
 
@@ -46,11 +65,11 @@ def test_identical_results_pass(tmp_path, capsys):
 @pytest.mark.parametrize(
     "change,code",
     [
-        ({"fid": 22.0}, 1),       # FID up 2.0 > 3·√2·0.3 = 1.27: regression
-        ({"fid": 20.9}, 0),       # FID up 0.9, inside the band
-        ({"fid": 15.0}, 0),       # FID down: better
-        ({"is": 7.0}, 0),         # IS up: better
-        ({"is": 5.0}, 1),         # IS down 1.0 > 3·√2·0.1: regression
+        ({"fid": 22.0}, 1),  # FID up 2.0 > 3·√2·0.3 = 1.27: regression
+        ({"fid": 20.9}, 0),  # FID up 0.9, inside the band
+        ({"fid": 15.0}, 0),  # FID down: better
+        ({"is": 7.0}, 0),  # IS up: better
+        ({"is": 5.0}, 1),  # IS down 1.0 > 3·√2·0.1: regression
         ({"precision": 0.55}, 1),  # precision down, no std, no tolerance: any drop fails
         ({"precision": 0.65}, 0),  # precision up
     ],
@@ -59,14 +78,13 @@ def test_direction_comes_from_the_registry(tmp_path, capsys, change, code):
     got, out, _ = gate_cli(tmp_path, capsys, make_run(**change), make_run())
     assert got == code, out
     metric = next(iter(change))
-    line = next(l for l in out.splitlines() if l.startswith(f"| {metric} |"))
+    line = next(ln for ln in out.splitlines() if ln.startswith(f"| {metric} |"))
     assert ("FAIL" in line) == (code == 1)
 
 
 def test_tolerances_absolute_and_relative(tmp_path, capsys):
     base = make_run(std=False)
-    code, out, _ = gate_cli(tmp_path, capsys, make_run(std=False, fid=20.4, **{"is": 5.9}), base,
-                            "--tolerance", "fid=0.5,is=2%")
+    code, out, _ = gate_cli(tmp_path, capsys, make_run(std=False, fid=20.4, **{"is": 5.9}), base, "--tolerance", "fid=0.5,is=2%")
     assert code == 0, out  # FID +0.4 ≤ 0.5; IS −1.7% ≤ 2% of 6.0
     code, out, _ = gate_cli(tmp_path, capsys, make_run(std=False, **{"is": 5.85}), base, "--tolerance", "fid=0.5,is=2%")
     assert code == 1 and "is" in out.split("regressed:")[1].split(".")[0]  # −2.5% > 2%
@@ -172,8 +190,9 @@ def test_seed_repeats_need_distinct_seeds():
     with pytest.raises(GenevalError, match="distinct seeds"):
         combine_runs([make_run("a", seed=1), make_run("b", seed=1)])
     with pytest.raises(GenevalError, match="differ only in seed"):
-        make_baseline([make_run("a", seed=1), ResultSet([ResultRow(**{**r.__dict__, "steps": 50, "seed": 2, "run_id": "b"})
-                                                          for r in make_run().rows])])
+        make_baseline(
+            [make_run("a", seed=1), ResultSet([ResultRow(**{**r.__dict__, "steps": 50, "seed": 2, "run_id": "b"}) for r in make_run().rows])]
+        )
 
 
 def test_verdict_goes_to_github_step_summary(tmp_path, capsys, monkeypatch):
@@ -196,9 +215,22 @@ def test_noise_band_calibration_with_bootstrap_stds():
     sigma, base_fid = 0.3, 20.0
 
     def draw(shift):
-        return ResultSet([ResultRow("r", "fid", base_fid + shift + sigma * rng.standard_normal(), sigma, 2000,
-                                    mode="tf", features="inception-v3-tf", weights_sha256=W, ref_sha256=R,
-                                    extra={"std_method": "bootstrap-200"})])
+        return ResultSet(
+            [
+                ResultRow(
+                    "r",
+                    "fid",
+                    base_fid + shift + sigma * rng.standard_normal(),
+                    sigma,
+                    2000,
+                    mode="tf",
+                    features="inception-v3-tf",
+                    weights_sha256=W,
+                    ref_sha256=R,
+                    extra={"std_method": "bootstrap-200"},
+                )
+            ]
+        )
 
     same = sum(not run_gate(draw(0.0), draw(0.0)).passed for _ in range(300))
     degraded = sum(not run_gate(draw(8 * sigma), draw(0.0)).passed for _ in range(300))
@@ -225,6 +257,7 @@ def test_usage_errors_exit_2(capsys):
 
 def test_recon_metrics_and_directionless_diagnostics():
     """psnr (registered by metrics/recon.py on import) gates upward; latent_std is never gated."""
+
     def recon(psnr, latent_std):
         common = dict(n=500, mode="tf", model="demo-ae")
         return ResultSet([ResultRow("ae", "psnr", psnr, None, **common), ResultRow("ae", "latent_std", latent_std, None, **common)])

@@ -25,8 +25,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def cond_model() -> LoadedModel:
     # 3 real classes + null slot 3; learned sigma so the extra channels are exercised too.
-    cfg = UNetConfig(image_size=8, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(4,),
-                     channel_mult=(1, 1), num_classes=4, num_heads=2, use_scale_shift_norm=True)
+    cfg = UNetConfig(
+        image_size=8,
+        model_channels=32,
+        out_channels=6,
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        channel_mult=(1, 1),
+        num_classes=4,
+        num_heads=2,
+        use_scale_shift_norm=True,
+    )
     net = init_random_(UNetModel(cfg).eval(), seed=3, std=0.03)
     return LoadedModel(net, cfg, DiffusionConfig(T, "linear", variance_type="learned_range"), "unet", "native", 3, 3)
 
@@ -91,8 +100,7 @@ def _toy_classifier(x, t):
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_classifier_guidance_raises_target_log_prob_with_scale(sampler):
-    cfg = UNetConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,),
-                     channel_mult=(1, 1), num_heads=2)
+    cfg = UNetConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 1), num_heads=2)
     net = init_random_(UNetModel(cfg).eval(), seed=5, std=0.03)
     schedule = make_schedule(DiffusionConfig(T, "linear"), "ddim10")
     y = torch.zeros(8, dtype=torch.long)  # target: bright
@@ -120,11 +128,11 @@ def test_classifier_cond_fn_is_scaled_log_softmax_gradient():
 
 def test_classifier_guidance_end_to_end_with_adm_classifier():
     """Through sample(): an ADM EncoderUNet guiding an unconditional UNet; its log-prob rises with the scale."""
-    ucfg = UNetConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,),
-                      channel_mult=(1, 1), num_heads=2)
+    ucfg = UNetConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 1), num_heads=2)
     unet = LoadedModel(init_random_(UNetModel(ucfg).eval(), seed=2, std=0.03), ucfg, DiffusionConfig(T, "linear"), "unet", "native")
-    ccfg = ClassifierConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,),
-                            channel_mult=(1, 1), num_head_channels=32)
+    ccfg = ClassifierConfig(
+        image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 1), num_head_channels=32
+    )
     clf_net = init_random_(EncoderUNet(ccfg).eval(), seed=4, std=0.1)
     with torch.no_grad():
         clf_net.out[2].c_proj.weight.mul_(30)  # a confident random classifier: non-vanishing gradients

@@ -93,9 +93,7 @@ def _attn(sd: dict, out: dict, old: str, new: str, heads: int) -> None:
     out[f"{new}.to_out.0.bias"] = sd.pop(f"{old}.proj_out.bias")
 
 
-def to_diffusers_unet(
-    state: dict[str, torch.Tensor], cfg: LDMUNetConfig, head_channels: int
-) -> dict[str, torch.Tensor]:
+def to_diffusers_unet(state: dict[str, torch.Tensor], cfg: LDMUNetConfig, head_channels: int) -> dict[str, torch.Tensor]:
     """CompVis openaimodel keys (AttentionBlock variant) → diffusers UNet2DModel keys; every key used once."""
     sd, out = dict(state), {}
     for a, b in (
@@ -151,9 +149,7 @@ def diffusers_unet2d(cfg: LDMUNetConfig, head_channels: int) -> dict:
     """UNet2DModel kwargs with the same structure as an AttentionBlock-variant CompVis UNet."""
     levels = len(cfg.channel_mult)
     attn = [2**lvl in cfg.attention_resolutions for lvl in range(levels)]
-    down = [
-        "AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D" for a in attn
-    ]
+    down = ["AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" if cfg.resblock_updown else "DownBlock2D" for a in attn]
     up = ["AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" if cfg.resblock_updown else "UpBlock2D" for a in attn[::-1]]
     return {
         "sample_size": cfg.image_size,
@@ -376,9 +372,7 @@ def write_tiny_ldm(tmp: Path, doc: dict, monkeypatch=None, ema: bool = False) ->
     if ema:
         g = torch.Generator().manual_seed(9)
         sd.update({ema_name(n): torch.randn(p.shape, generator=g) * 0.05 for n, p in unet.named_parameters()})
-        sd.update(
-            {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5, dtype=torch.int32)}
-        )
+        sd.update({"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(5, dtype=torch.int32)})
     ckpt = {"epoch": 3, "global_step": 10, "state_dict": sd}
     if monkeypatch is not None:
 
@@ -608,9 +602,7 @@ def test_bad_files_and_mismatches_are_one_line(tmp_path, one_thread):
     with pytest.raises(GenevalError, match="attn_typ"):
         load_ldm(ckpt, tmp_path / "badvq.yaml")
     with pytest.raises(GenevalError, match="not a latent diffusion model"):
-        (tmp_path / "ae.yaml").write_text(
-            yaml.safe_dump({"model": {"target": "ldm.models.autoencoder.VQModel", "params": {}}})
-        )
+        (tmp_path / "ae.yaml").write_text(yaml.safe_dump({"model": {"target": "ldm.models.autoencoder.VQModel", "params": {}}}))
         load_ldm(ckpt, tmp_path / "ae.yaml")
     assert set(SCHEDULE_BUFFERS) >= {k for k in state["state_dict"] if "." not in k}
 
@@ -630,9 +622,7 @@ def test_ldm_generator_contract(tmp_path, monkeypatch, one_thread):
     d = gen.describe()
     assert d["respacing_convention"] == "ldm"  # LDM's own DDIM grid, not guided-diffusion's
     assert d["quantisation"] == "truncate" and d["scale_factor"] == 0.7
-    assert (
-        d["denoiser"]["checkpoint_sha256"] and d["denoiser"]["config_sha256"] and "ddim" in d["denoiser"]["conventions"]
-    )
+    assert d["denoiser"]["checkpoint_sha256"] and d["denoiser"]["config_sha256"] and "ddim" in d["denoiser"]["conventions"]
 
 
 def test_kl_first_stage_decodes_scaled_latents(tmp_path, one_thread):
@@ -643,11 +633,7 @@ def test_kl_first_stage_decodes_scaled_latents(tmp_path, one_thread):
     fs["params"]["ddconfig"]["double_z"] = True
     ckpt, cfg, mods = write_tiny_ldm(tmp_path, doc)  # no scale_factor buffer: the YAML's value, said so
     ldm = load_ldm(ckpt, cfg)
-    assert (
-        ldm.first_stage.config.kind == "kl"
-        and ldm.scale_factor == 0.7
-        and "no scale_factor buffer" in ldm.scale_factor_source
-    )
+    assert ldm.first_stage.config.kind == "kl" and ldm.scale_factor == 0.7 and "no scale_factor buffer" in ldm.scale_factor_source
     z = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(ldm.decode_latents(z), mods["ae"].decode(z / 0.7), atol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geneval.errors import GenevalError, MissingWeightsError
-from geneval.metrics.lpips import (build_lpips, load_backbone_state, lpips_distance, lpips_diversity, sample_pairs)
+from geneval.metrics.lpips import build_lpips, load_backbone_state, lpips_distance, lpips_diversity, sample_pairs
 from geneval.metrics.registry import get_metric
 
 

@@ -15,9 +15,7 @@ def test_matches_torch_fidelity(rng):
     x = rng.normal(size=(400, 48))
     y = rng.normal(size=(350, 48)) * 1.1 + 0.2
     # float64 inputs so both sides compute kernels in the same precision.
-    ref = kid_features_to_metric(
-        torch.from_numpy(x), torch.from_numpy(y), kid_subsets=25, kid_subset_size=200, rng_seed=7, verbose=False
-    )
+    ref = kid_features_to_metric(torch.from_numpy(x), torch.from_numpy(y), kid_subsets=25, kid_subset_size=200, rng_seed=7, verbose=False)
     mean, std = kernel_inception_distance(x, y, subsets=25, subset_size=200, seed=7)
     assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6)
     assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-6)
@@ -54,7 +52,5 @@ def test_sanity_same_vs_shifted(rng):
     assert abs(same) < 3 * same_std + 1e-3
     assert shifted > 10 * abs(same) and shifted > 0
     # Seeded: same seed same numbers, other seed other numbers.
-    assert kernel_inception_distance(x, y, subsets=5, subset_size=50, seed=2) == kernel_inception_distance(
-        x, y, subsets=5, subset_size=50, seed=2
-    )
+    assert kernel_inception_distance(x, y, subsets=5, subset_size=50, seed=2) == kernel_inception_distance(x, y, subsets=5, subset_size=50, seed=2)
     assert kernel_inception_distance(x, y, subsets=5, subset_size=50, seed=3)[0] != same

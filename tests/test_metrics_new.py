@@ -46,9 +46,7 @@ def test_cmmd_point_masses_closed_form():
     b[0, 2] = 7.0
     x, y = np.repeat(a, 30, axis=0), np.repeat(b, 20, axis=0)
     # every within-set kernel is 1, every cross kernel exp(−49/200)
-    assert cmmd.cmmd(x, y) == pytest.approx(
-        1000 * (2 - 2 * np.exp(-49 / 200)), rel=1e-12
-    )
+    assert cmmd.cmmd(x, y) == pytest.approx(1000 * (2 - 2 * np.exp(-49 / 200)), rel=1e-12)
 
 
 def test_cmmd_grows_with_mean_shift_as_closed_form():
@@ -61,10 +59,7 @@ def test_cmmd_grows_with_mean_shift_as_closed_form():
     for delta in (0.0, 5.0, 10.0, 20.0):
         y = rng.normal(0, s, (n, d))
         y[:, 0] += delta
-        expected = 1000 * (
-            2 * c * (1 - np.exp(-(delta**2) / (2 * (sigma**2 + 2 * s**2))))
-            + 2 * (1 - c) / n
-        )
+        expected = 1000 * (2 * c * (1 - np.exp(-(delta**2) / (2 * (sigma**2 + 2 * s**2)))) + 2 * (1 - c) / n)
         got.append(cmmd.cmmd(x, y))
         assert abs(got[-1] - expected) <= 0.01 * expected + 1.0, (
             delta,
@@ -94,12 +89,8 @@ def _vendi_reference(x):
 def test_vendi_of_k_identical_clusters_is_k(d):
     rng = np.random.default_rng(1)
     for k in range(1, 4):
-        basis = np.linalg.qr(rng.normal(size=(max(d, k), max(d, k))))[0][
-            :k, :d
-        ]  # k orthonormal directions
-        x = np.concatenate(
-            [np.repeat(basis[i : i + 1] * (i + 2.0), 4, axis=0) for i in range(k)]
-        )  # scale: normalised away
+        basis = np.linalg.qr(rng.normal(size=(max(d, k), max(d, k))))[0][:k, :d]  # k orthonormal directions
+        x = np.concatenate([np.repeat(basis[i : i + 1] * (i + 2.0), 4, axis=0) for i in range(k)])  # scale: normalised away
         assert vendi.vendi(x) == pytest.approx(k, rel=1e-9)
 
 
@@ -108,9 +99,7 @@ def test_vendi_matches_dgm_eval_formula_both_routes(rng):
         x = rng.normal(size=(n, d)) + 0.5
         assert vendi.vendi(x) == pytest.approx(_vendi_reference(x), rel=1e-9)
         xn = _unit(x)
-        assert vendi.vendi_from_gram(xn.T @ xn, n) == pytest.approx(
-            _vendi_reference(x), rel=1e-9
-        )
+        assert vendi.vendi_from_gram(xn.T @ xn, n) == pytest.approx(_vendi_reference(x), rel=1e-9)
 
 
 def test_vendi_per_class(rng):
@@ -118,9 +107,7 @@ def test_vendi_per_class(rng):
     labels = np.array([0] * 5 + [1] * 40)
     out = vendi.vendi_per_class(x, labels)
     assert out["per_class"][0] == pytest.approx(1.0) and out["per_class"][1] > 1.5
-    assert out["mean_per_class"] == pytest.approx(
-        (out["per_class"][0] + out["per_class"][1]) / 2
-    )
+    assert out["mean_per_class"] == pytest.approx((out["per_class"][0] + out["per_class"][1]) / 2)
 
 
 # ---------------------------------------------------------------- FD∞
@@ -148,10 +135,7 @@ def test_fd_inf_recovers_population_fd():
 
 
 def test_fd_inf_nested_and_sizes(rng):
-    assert (
-        fd_inf.subset_sizes(50000).tolist()
-        == np.linspace(5000, 50000, 15).astype(int).tolist()
-    )
+    assert fd_inf.subset_sizes(50000).tolist() == np.linspace(5000, 50000, 15).astype(int).tolist()
     assert fd_inf.subset_sizes(80000)[-1] == 50000
     x = rng.normal(size=(500, 4))
     a = fd_inf.fd_inf(x, rng.normal(size=(600, 4)) + 1, nested=True)
@@ -172,14 +156,10 @@ def test_fid_per_class_flags_the_degraded_class():
     for k, c in enumerate(centers):
         s = rng.normal(size=(300, 6)) + c
         if k == 3:
-            s = (
-                1.8 * (s - c) + c + 1.5
-            )  # wider and shifted: FD ≈ 6·1.5² + 6·(1.8 − 1)² = 17.3
+            s = 1.8 * (s - c) + c + 1.5  # wider and shifted: FD ≈ 6·1.5² + 6·(1.8 − 1)² = 17.3
         samples.append(s)
         ys.append(np.full(300, k))
-    out = per_class.fid_per_class(
-        np.concatenate(samples), np.concatenate(ys), ref, ref_y
-    )
+    out = per_class.fid_per_class(np.concatenate(samples), np.concatenate(ys), ref, ref_y)
     fds = {r["class"]: r["fd"] for r in out["rows"]}
     assert out["worst_class"] == 3 and out["worst"] == fds[3]
     assert fds[3] == pytest.approx(17.3, rel=0.1)
@@ -207,9 +187,7 @@ def test_bootstrap_counts_route_equals_resampled_rows(rng):
     got = bootstrap.bootstrap_fd_values(x, r, draws)
     want = [fid_from_features(x[i], r) for i in draws]
     np.testing.assert_allclose(got, want, rtol=1e-9)
-    assert fd.fd(x, r) == pytest.approx(
-        frechet_distance(x.mean(0), np.cov(x.T), r.mean(0), np.cov(r.T)), rel=1e-9
-    )
+    assert fd.fd(x, r) == pytest.approx(frechet_distance(x.mean(0), np.cov(x.T), r.mean(0), np.cov(r.T)), rel=1e-9)
 
 
 def test_bootstrap_ci_all_metrics_seeded(rng):
@@ -224,9 +202,7 @@ def test_bootstrap_ci_all_metrics_seeded(rng):
     with pytest.raises(GenevalError, match="--ci"):
         bootstrap.bootstrap_ci(x, r, ci=95)
     with pytest.raises(GenevalError, match="reference feature rows"):
-        bootstrap.bootstrap_ci(
-            x, GaussianStats.from_features(r), metrics=("fd", "recall")
-        )
+        bootstrap.bootstrap_ci(x, GaussianStats.from_features(r), metrics=("fd", "recall"))
 
 
 def _coverage(repeats: int, n_boot: int) -> float:
@@ -239,9 +215,7 @@ def _coverage(repeats: int, n_boot: int) -> float:
     hits = 0
     for rep in range(repeats):
         x = np.random.default_rng(10_000 + rep).multivariate_normal(mu1, s1, size=n)
-        ci = bootstrap.bootstrap_ci(x, ref, metrics=("fd",), n_boot=n_boot, seed=rep)[
-            "fd"
-        ]
+        ci = bootstrap.bootstrap_ci(x, ref, metrics=("fd",), n_boot=n_boot, seed=rep)["fd"]
         hits += ci["lo"] <= true <= ci["hi"]
     return hits / repeats
 
@@ -272,18 +246,12 @@ def _authpct_reference(train, gen):
 
 def test_authpct_matches_dgm_eval_and_flags_copies(rng):
     train = rng.normal(size=(120, 6))
-    gen = np.concatenate(
-        [rng.normal(size=(70, 6)), train[:30] + 1e-4]
-    )  # 30 near-copies
+    gen = np.concatenate([rng.normal(size=(70, 6)), train[:30] + 1e-4])  # 30 near-copies
     want, gd = _authpct_reference(train, gen)
-    out = memorization.memorization(
-        train, gen, block_size=37, dtype=__import__("torch").float64
-    )
+    out = memorization.memorization(train, gen, block_size=37, dtype=__import__("torch").float64)
     assert out["authpct"] == pytest.approx(want)
     assert out["nn_dist_mean"] == pytest.approx(gd.mean(), rel=1e-9)
-    assert out["nn_dist_min"] < 1e-3 and {c["sample"] for c in out["closest"]} <= set(
-        range(70, 100)
-    )
+    assert out["nn_dist_min"] < 1e-3 and {c["sample"] for c in out["closest"]} <= set(range(70, 100))
     assert memorization.authpct(train, train[:10] + 1e-4) == 0.0
     assert memorization.authpct(train, rng.normal(size=(50, 6)) * 5 + 20) == 100.0
 
@@ -308,10 +276,7 @@ def test_specs_and_metrics_do_not_import_networks():
     # follow geneval imports from the new metric modules (AST, no import side effects needed)
     seen, todo = (
         set(),
-        [
-            m.__name__
-            for m in (fd, cmmd, fd_inf, vendi, per_class, bootstrap, memorization)
-        ],
+        [m.__name__ for m in (fd, cmmd, fd_inf, vendi, per_class, bootstrap, memorization)],
     )
     while todo:
         name = todo.pop()
@@ -320,17 +285,9 @@ def test_specs_and_metrics_do_not_import_networks():
         seen.add(name)
         path = Path(importlib.util.find_spec(name).origin)
         for node in ast.walk(ast.parse(path.read_text())):
-            if (
-                isinstance(node, ast.ImportFrom)
-                and node.module
-                and node.module.startswith("geneval")
-            ):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("geneval"):
                 todo.append(node.module)
             elif isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.startswith("geneval")]
-    assert not [
-        m for m in seen if m.startswith(("geneval.features", "geneval.models"))
-    ], sorted(seen)
-    assert (
-        "geneval.metrics.fid" in seen and "geneval.metrics.prdc" in seen
-    )  # reused, not copied
+    assert not [m for m in seen if m.startswith(("geneval.features", "geneval.models"))], sorted(seen)
+    assert "geneval.metrics.fid" in seen and "geneval.metrics.prdc" in seen  # reused, not copied

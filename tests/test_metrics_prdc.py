@@ -12,6 +12,7 @@ from geneval.metrics.prdc import density_coverage, knn_radii, precision_recall
 
 def _brute(real: np.ndarray, fake: np.ndarray, k: int):
     """Full-matrix float64 oracle of the ADM / Naeem definitions (squared distances, ≤)."""
+
     def sq(a, b):
         return ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
 
@@ -57,8 +58,12 @@ def test_matches_torch_fidelity(sets):
     real, fake = sets
     # torch-fidelity's prc takes (generated, real): the reversed order of ours and ADM's.
     ref = prc_features_to_metric(
-        torch.from_numpy(fake).float(), torch.from_numpy(real).float(),
-        prc_neighborhood=3, prc_batch_size=50, save_cpu_ram=True, verbose=False,
+        torch.from_numpy(fake).float(),
+        torch.from_numpy(real).float(),
+        prc_neighborhood=3,
+        prc_batch_size=50,
+        save_cpu_ram=True,
+        verbose=False,
     )
     p, r = precision_recall(real, fake, k=3, block_size=50)
     assert p == pytest.approx(ref["precision"], abs=1e-6)

@@ -20,8 +20,16 @@ def make_tiny_checkpoint(folder: Path, conditional: bool = True, seed: int = 0) 
     from geneval.models.unet import UNetConfig, UNetModel, init_random_
     from geneval.sampling.schedules import DiffusionConfig
 
-    cfg = UNetConfig(image_size=16, in_channels=1, out_channels=1, model_channels=32, num_res_blocks=1,
-                     attention_resolutions=(), channel_mult=(1,), num_classes=3 if conditional else None)
+    cfg = UNetConfig(
+        image_size=16,
+        in_channels=1,
+        out_channels=1,
+        model_channels=32,
+        num_res_blocks=1,
+        attention_resolutions=(),
+        channel_mult=(1,),
+        num_classes=3 if conditional else None,
+    )
     net = init_random_(UNetModel(cfg), seed=seed, std=0.02)
     extra = {"null_class": 2, "class_names": ["a", "b"]} if conditional else {}
     save_native(net, cfg, folder, DiffusionConfig(num_timesteps=100, beta_schedule="cosine"), **extra)
@@ -33,8 +41,16 @@ def make_tiny_classifier(folder: Path) -> Path:
     from geneval.models.formats import save_native
     from geneval.models.unet import init_random_
 
-    cfg = ClassifierConfig(image_size=16, in_channels=1, model_channels=32, out_channels=2, num_res_blocks=1,
-                           attention_resolutions=(), channel_mult=(1,), num_head_channels=32)
+    cfg = ClassifierConfig(
+        image_size=16,
+        in_channels=1,
+        model_channels=32,
+        out_channels=2,
+        num_res_blocks=1,
+        attention_resolutions=(),
+        channel_mult=(1,),
+        num_head_channels=32,
+    )
     save_native(init_random_(EncoderUNet(cfg), seed=1, std=0.02), cfg, folder)
     return folder
 
@@ -53,8 +69,22 @@ def tiny_run(tiny_ckpt, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("reports")
     npz = out / "samples.npz"
-    rs = run(model=str(tiny_ckpt), metrics="fid,pr", ref=REF, n=N, steps=3, guidance=1.0, convention="w", seed=5,
-             batch_size=5, device="cpu", save_samples=str(npz), out_dir=str(out), run_id="tiny", progress=False)
+    rs = run(
+        model=str(tiny_ckpt),
+        metrics="fid,pr",
+        ref=REF,
+        n=N,
+        steps=3,
+        guidance=1.0,
+        convention="w",
+        seed=5,
+        batch_size=5,
+        device="cpu",
+        save_samples=str(npz),
+        out_dir=str(out),
+        run_id="tiny",
+        progress=False,
+    )
     return rs, out, npz
 
 
@@ -117,14 +147,14 @@ def _no_sampling(monkeypatch):
     monkeypatch.setattr(gen, "sample", boom)
 
 
-@pytest.mark.parametrize("case", ["bad_checkpoint", "missing_ref", "unknown_metric", "cfg_on_unconditional", "bad_save_path",
-                                  "guidance_without_convention"])
+@pytest.mark.parametrize(
+    "case", ["bad_checkpoint", "missing_ref", "unknown_metric", "cfg_on_unconditional", "bad_save_path", "guidance_without_convention"]
+)
 def test_preflight_fails_before_sampling(case, tmp_path, tiny_ckpt, monkeypatch):
     from geneval.pipeline import run
 
     _no_sampling(monkeypatch)
-    kw = dict(model=str(tiny_ckpt), metrics="fid", ref=REF, n=4, steps=2, device="cpu", out_dir=str(tmp_path / "rep"),
-              run_id="x", progress=False)
+    kw = dict(model=str(tiny_ckpt), metrics="fid", ref=REF, n=4, steps=2, device="cpu", out_dir=str(tmp_path / "rep"), run_id="x", progress=False)
     if case == "bad_checkpoint":
         bad = tmp_path / "bad.safetensors"
         bad.write_bytes(b"\x00garbage" * 10)
@@ -150,8 +180,19 @@ def test_classifier_guided_run(tmp_path, tiny_ckpt):
     from geneval.pipeline import run
 
     clf = make_tiny_classifier(tmp_path / "clf")
-    rs = run(model=str(tiny_ckpt), metrics="fid", ref=REF, n=4, steps=2, classifier=str(clf), classifier_scale=2.0,
-             device="cpu", out_dir=str(tmp_path), run_id="cg", progress=False)
+    rs = run(
+        model=str(tiny_ckpt),
+        metrics="fid",
+        ref=REF,
+        n=4,
+        steps=2,
+        classifier=str(clf),
+        classifier_scale=2.0,
+        device="cpu",
+        out_dir=str(tmp_path),
+        run_id="cg",
+        progress=False,
+    )
     r = rs["fid"]
     assert r.extra["classifier"] == str(clf) and r.extra["classifier_scale"] == 2.0
     assert np.isfinite(r.value) and (tmp_path / "cg" / "grid.png").exists()

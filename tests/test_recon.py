@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from geneval.errors import GenevalError
-from geneval.metrics.recon import (ChannelMoments, codebook_usage, psnr_per_image, scale_by_std, ssim_per_image,
-                                   summarize)
+from geneval.metrics.recon import ChannelMoments, codebook_usage, psnr_per_image, scale_by_std, ssim_per_image, summarize
 from geneval.metrics.registry import get_metric
 from geneval.recon import RECON_METRICS, recon
 
@@ -52,8 +51,10 @@ def test_psnr_ssim_match_scikit_image(fmnist_test, rng, channels):
     to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
     ours_p, ours_s = psnr_per_image(to_t(x), to_t(y)), ssim_per_image(to_t(x), to_t(y))
     ref_p = [peak_signal_noise_ratio(a, b, data_range=1.0) for a, b in zip(x, y)]
-    ref_s = [structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
-                                   use_sample_covariance=False) for a, b in zip(x, y)]
+    ref_s = [
+        structural_similarity(a, b, data_range=1.0, channel_axis=-1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+        for a, b in zip(x, y)
+    ]
     np.testing.assert_allclose(ours_p, ref_p, atol=1e-4, rtol=0)
     np.testing.assert_allclose(ours_s, ref_s, atol=1e-4, rtol=0)
     assert 0.2 < np.mean(ours_s) < 0.99  # a real, non-degenerate comparison
@@ -105,8 +106,7 @@ def test_collapsed_quantizer_reported_through_recon(tmp_path):
 
 def test_latent_moments_match_torch_and_ldm_recipe():
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(b, 4, 3, 5, generator=g) * torch.tensor([1.0, 2, 3, 4]).view(1, 4, 1, 1) + 1
-               for b in (3, 5, 2)]
+    batches = [torch.randn(b, 4, 3, 5, generator=g) * torch.tensor([1.0, 2, 3, 4]).view(1, 4, 1, 1) + 1 for b in (3, 5, 2)]
     m = ChannelMoments(4)
     for b in batches:
         m.update(b)
@@ -142,16 +142,24 @@ def test_cli_identical_table_and_mismatched_sizes(tmp_path, fmnist_test, capsys)
     np.savez(tmp_path / "a.npz", arr_0=a)
     np.savez(tmp_path / "b.npz", arr_0=np.pad(a, ((0, 0), (2, 2), (2, 2), (0, 0))))
     np.savez(tmp_path / "c.npz", arr_0=a[:3])
-    ok = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "a.npz"), "--metrics", "psnr",
-              "--out", str(tmp_path / "out.json"))
+    ok = _cli(
+        capsys,
+        "--data",
+        str(tmp_path / "a.npz"),
+        "--reconstructions",
+        str(tmp_path / "a.npz"),
+        "--metrics",
+        "psnr",
+        "--out",
+        str(tmp_path / "out.json"),
+    )
     assert ok.returncode == 0, ok.stderr
     assert "| psnr | inf (identical) |" in ok.stdout
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["results"][0]["value"] == "inf" and saved["config"]["n_read"] == 4
     bad = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "b.npz"), "--metrics", "psnr")
     assert bad.returncode == 2 and "differ in size" in bad.stderr and bad.stderr.startswith("error:")
-    short = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "c.npz"), "--metrics", "psnr",
-                 "--n", "0")
+    short = _cli(capsys, "--data", str(tmp_path / "a.npz"), "--reconstructions", str(tmp_path / "c.npz"), "--metrics", "psnr", "--n", "0")
     assert short.returncode == 2 and "4 images but reconstructions 3" in short.stderr
 
 

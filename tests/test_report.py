@@ -20,21 +20,53 @@ def make_run(run_id, seed, sampler, steps, values, n=1000, mode="tf", ref=R):
     """One run as eval/run write it: provenance on every row, bootstrap/split stds with their method."""
     rows = []
     for m, (v, s, method) in values.items():
-        rows.append(ResultRow(
-            run_id, m, v, s, n, None, "demo-fmnist-unet", sampler, steps, 2.0, "cfg-w", seed, mode,
-            "inception-v3-tf", W, None if m == "is" else ref, wall_s=41.5,
-            extra={"std_method": method} if method else {},
-        ))
+        rows.append(
+            ResultRow(
+                run_id,
+                m,
+                v,
+                s,
+                n,
+                None,
+                "demo-fmnist-unet",
+                sampler,
+                steps,
+                2.0,
+                "cfg-w",
+                seed,
+                mode,
+                "inception-v3-tf",
+                W,
+                None if m == "is" else ref,
+                wall_s=41.5,
+                extra={"std_method": method} if method else {},
+            )
+        )
     return ResultSet(rows, {"sampler": {"name": sampler, "steps": steps}, "seed": seed})
 
 
 RUNS = [
-    make_run("ddim-50", 0, "ddim", 50, {"fid": (24.3, 0.41, "bootstrap-200"), "is": (7.12, 0.09, "split-std"),
-                                         "precision": (0.612, None, None), "recall": (0.481, None, None)}),
-    make_run("heun-18", 1, "heun", 18, {"fid": (21.7, 0.38, "bootstrap-200"), "is": (7.31, 0.08, "split-std"),
-                                         "precision": (0.655, None, None), "recall": (0.455, None, None)}),
-    make_run("euler-10", 2, "euler", 10, {"fid": (31.9, 0.52, "bootstrap-200"), "is": (6.60, 0.11, "split-std"),
-                                           "precision": (0.548, None, None), "recall": (0.502, None, None)}),
+    make_run(
+        "ddim-50",
+        0,
+        "ddim",
+        50,
+        {"fid": (24.3, 0.41, "bootstrap-200"), "is": (7.12, 0.09, "split-std"), "precision": (0.612, None, None), "recall": (0.481, None, None)},
+    ),
+    make_run(
+        "heun-18",
+        1,
+        "heun",
+        18,
+        {"fid": (21.7, 0.38, "bootstrap-200"), "is": (7.31, 0.08, "split-std"), "precision": (0.655, None, None), "recall": (0.455, None, None)},
+    ),
+    make_run(
+        "euler-10",
+        2,
+        "euler",
+        10,
+        {"fid": (31.9, 0.52, "bootstrap-200"), "is": (6.60, 0.11, "split-std"), "precision": (0.548, None, None), "recall": (0.502, None, None)},
+    ),
 ]
 
 
@@ -58,10 +90,10 @@ def test_best_follows_the_registry_direction():
 def test_markdown_report_of_three_runs(tmp_path, capsys):
     code, out, err = _cli(["report", *_files(tmp_path), "--format", "md"], capsys)
     assert code == 0 and "read 3 run(s)" in err
-    table = [l for l in out.splitlines() if l.startswith("| ") and "run" not in l.split("|")[1]]
-    header = next(l for l in out.splitlines() if l.startswith("| run |"))
+    table = [ln for ln in out.splitlines() if ln.startswith("| ") and "run" not in ln.split("|")[1]]
+    header = next(ln for ln in out.splitlines() if ln.startswith("| run |"))
     assert "fid ↓" in header and "is ↑" in header
-    rows = {l.split("|")[1].strip(): l for l in table if l.split("|")[1].strip() in ("ddim-50", "heun-18", "euler-10")}
+    rows = {ln.split("|")[1].strip(): ln for ln in table if ln.split("|")[1].strip() in ("ddim-50", "heun-18", "euler-10")}
     assert len(rows) == 3
     assert "**21.70 ± 0.38**" in rows["heun-18"] and "**0.5020**" in rows["euler-10"]
     assert "24.30 ± 0.41" in rows["ddim-50"] and "**" not in rows["ddim-50"]
@@ -108,10 +140,10 @@ def test_allow_incomparable_flags_visibly(tmp_path, capsys):
     files = _files(tmp_path, RUNS + [other])
     code, out, _ = _cli(["report", *files, "--allow-incomparable"], capsys)
     assert code == 0 and "fid ↓ ⚠" in out and "mode differs" in out
-    fid_cells = [l.split("|")[7] for l in out.splitlines() if l.startswith("| ") and "-" in l.split("|")[1]]
+    fid_cells = [ln.split("|")[7] for ln in out.splitlines() if ln.startswith("| ") and "-" in ln.split("|")[1]]
     assert not any("**" in c for c in fid_cells)  # no best among incomparable numbers
     code, out, _ = _cli(["report", *files, "--allow-incomparable", "--format", "html"], capsys)
-    assert "Not comparable" in out and "th class=\"num flag\"" in out
+    assert "Not comparable" in out and 'th class="num flag"' in out
 
 
 def test_missing_reference_hash_counts_as_different():
@@ -139,7 +171,7 @@ def test_compare_deltas_and_direction(tmp_path, capsys):
     files = _files(tmp_path)
     code, out, _ = _cli(["compare", files[0], files[2]], capsys)
     assert code == 0
-    line = next(l for l in out.splitlines() if l.startswith("| fid |"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("| fid |"))
     assert "+7.6" in line and "worse" in line
     code, out, _ = _cli(["compare", files[0], files[2], "--format", "json"], capsys)
     assert {d["metric"]: d["change"] for d in json.loads(out)["deltas"]}["precision"] == "worse"

@@ -20,11 +20,30 @@ SHA_R = "ab" * 32
 
 
 def _rows(run_id="run-1", seed=7):
-    common = dict(n=5000, model="demo", sampler="heun", steps=18, guidance=1.5, convention="cfg-w",
-                  seed=seed, mode="tf", features="inception-v3-tf", weights_sha256=SHA_W, wall_s=3.25)
+    common = dict(
+        n=5000,
+        model="demo",
+        sampler="heun",
+        steps=18,
+        guidance=1.5,
+        convention="cfg-w",
+        seed=seed,
+        mode="tf",
+        features="inception-v3-tf",
+        weights_sha256=SHA_W,
+        wall_s=3.25,
+    )
     return [
-        ResultRow(run_id, "fid", 12.5, 0.25, higher_is_better=False, ref_sha256=SHA_R,
-                  extra={"std_method": "bootstrap-200", "dims": 2048, "warnings": ["small N"]}, **common),
+        ResultRow(
+            run_id,
+            "fid",
+            12.5,
+            0.25,
+            higher_is_better=False,
+            ref_sha256=SHA_R,
+            extra={"std_method": "bootstrap-200", "dims": 2048, "warnings": ["small N"]},
+            **common,
+        ),
         ResultRow(run_id, "is", 6.75, 0.0625, higher_is_better=True, extra={"std_method": "split-std", "splits": 10}, **common),
         ResultRow(run_id, "kid", math.inf, None, ref_sha256=SHA_R, **common),
     ]

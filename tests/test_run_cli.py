@@ -27,8 +27,26 @@ def test_run_preflight_errors_exit_2(case, ckpt, tmp_path, capsys, monkeypatch):
     import geneval.sampling.generate as gen
 
     monkeypatch.setattr(gen, "sample", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
-    args = ["run", "--model", str(ckpt), "--metrics", "fid", "--ref", REF, "--n", "4", "--steps", "2",
-            "--device", "cpu", "--out-dir", str(tmp_path / "rep"), "--run-id", "r", "--no-progress"]
+    args = [
+        "run",
+        "--model",
+        str(ckpt),
+        "--metrics",
+        "fid",
+        "--ref",
+        REF,
+        "--n",
+        "4",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path / "rep"),
+        "--run-id",
+        "r",
+        "--no-progress",
+    ]
     if case == "bad_checkpoint":
         bad = tmp_path / "model.pt"
         bad.write_bytes(b"not a checkpoint")
@@ -41,7 +59,7 @@ def test_run_preflight_errors_exit_2(case, ckpt, tmp_path, capsys, monkeypatch):
         args[2], needle = str(tmp_path / "no-such-ckpt"), "not found"
     else:  # a mistyped --model is named first, not hidden behind the missing --ref
         i = args.index("--ref")
-        del args[i:i + 2]
+        del args[i : i + 2]
         args[2], needle = str(tmp_path / "no-such-ckpt"), "model checkpoint not found"
     code, out, err = _cli(args, capsys)
     assert code == 2
@@ -54,8 +72,27 @@ def test_run_preflight_errors_exit_2(case, ckpt, tmp_path, capsys, monkeypatch):
 def test_run_cli_prints_table_and_writes_report(ckpt, tmp_path, capsys):
     toml = tmp_path / "run.toml"
     toml.write_text('metrics = "fid"\nn = 4\nsteps = 2\nseed = 3\n')
-    code, out, err = _cli(["run", "--model", str(ckpt), "--config", str(toml), "--ref", REF, "--n", "5",
-                           "--device", "cpu", "--out-dir", str(tmp_path), "--run-id", "cli", "--no-progress"], capsys)
+    code, out, err = _cli(
+        [
+            "run",
+            "--model",
+            str(ckpt),
+            "--config",
+            str(toml),
+            "--ref",
+            REF,
+            "--n",
+            "5",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--run-id",
+            "cli",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "| cli | fid |" in out and "| 5 |" in out  # --n overrides the TOML's n
     assert "biased" in out  # small-N FID warning is part of the printed result
@@ -64,9 +101,33 @@ def test_run_cli_prints_table_and_writes_report(ckpt, tmp_path, capsys):
 
 
 def test_sweep_cli_guidance(ckpt, tmp_path, capsys):
-    code, out, err = _cli(["sweep", "--model", str(ckpt), "--guidance", "0,2", "--convention", "w", "--metrics", "fid",
-                           "--ref", REF, "--n", "4", "--steps", "2", "--device", "cpu", "--out-dir", str(tmp_path),
-                           "--sweep-id", "sw", "--no-progress"], capsys)
+    code, out, err = _cli(
+        [
+            "sweep",
+            "--model",
+            str(ckpt),
+            "--guidance",
+            "0,2",
+            "--convention",
+            "w",
+            "--metrics",
+            "fid",
+            "--ref",
+            REF,
+            "--n",
+            "4",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--sweep-id",
+            "sw",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     d = tmp_path / "sw"
     for name in ("results.json", "results.csv", "results.md", "config.json", "metrics_vs_guidance.png", "metrics_vs_guidance.svg"):
@@ -78,8 +139,7 @@ def test_sweep_cli_guidance(ckpt, tmp_path, capsys):
 
 
 def test_sweep_cli_refuses_two_lists(ckpt, tmp_path, capsys):
-    code, _, err = _cli(["sweep", "--model", str(ckpt), "--guidance", "0,1", "--steps", "2,4", "--ref", REF,
-                         "--out-dir", str(tmp_path)], capsys)
+    code, _, err = _cli(["sweep", "--model", str(ckpt), "--guidance", "0,1", "--steps", "2,4", "--ref", REF, "--out-dir", str(tmp_path)], capsys)
     assert code == 2 and "one parameter at a time" in err
 
 

@@ -52,9 +52,7 @@ def _lightning_checkpoint(monkeypatch, tmp_path: Path) -> tuple[Path, dict[str, 
             ModelCheckpoint: {"best_model_score": torch.tensor(0.5)},
             "ModelCheckpoint{'monitor': None}": ModelCheckpoint(),
         },
-        "optimizer_states": [
-            {"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}
-        ],
+        "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4, "params": [0]}]}],
         "hyper_parameters": AttributeDict(linear_start=0.0015, timesteps=1000),
     }
     path = tmp_path / "last.ckpt"

@@ -21,8 +21,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _unet(num_classes):
-    return UNetConfig(image_size=8, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(4,),
-                      channel_mult=(1, 1), num_classes=num_classes, num_heads=2)
+    return UNetConfig(
+        image_size=8,
+        model_channels=32,
+        out_channels=6,
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        channel_mult=(1, 1),
+        num_classes=num_classes,
+        num_heads=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +42,9 @@ def ckpts(tmp_path_factory):
     unc = _unet(None)
     save_native(init_random_(UNetModel(unc), seed=1, std=0.03), unc, d / "uncond.safetensors", diff)
     torch.save(UNetModel(unc).state_dict(), d / "uncond_gd.pt")
-    ccfg = ClassifierConfig(image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,),
-                            channel_mult=(1, 1), num_head_channels=32)
+    ccfg = ClassifierConfig(
+        image_size=8, model_channels=32, out_channels=3, num_res_blocks=1, attention_resolutions=(4,), channel_mult=(1, 1), num_head_channels=32
+    )
     save_native(init_random_(EncoderUNet(ccfg), seed=2), ccfg, d / "clf.safetensors")
     return d
 
@@ -49,9 +58,29 @@ def _run(argv, capsys):
 
 def test_sample_writes_adm_npz_and_record(ckpts, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    code, stdout, err = _run(["sample", "--model", str(ckpts / "cond.safetensors"), "--n", "5", "--steps", "3",
-                              "--guidance", "1.5", "--convention", "s", "--batch-size", "2", "--shard-size", "2",
-                              "--no-progress", "--out", str(out)], capsys)
+    code, stdout, err = _run(
+        [
+            "sample",
+            "--model",
+            str(ckpts / "cond.safetensors"),
+            "--n",
+            "5",
+            "--steps",
+            "3",
+            "--guidance",
+            "1.5",
+            "--convention",
+            "s",
+            "--batch-size",
+            "2",
+            "--shard-size",
+            "2",
+            "--no-progress",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     with np.load(out) as z:
         assert z["arr_0"].shape == (5, 8, 8, 3) and z["arr_0"].dtype == np.uint8
@@ -69,13 +98,18 @@ def test_sample_writes_adm_npz_and_record(ckpts, tmp_path, capsys):
     [
         (["--model", "{d}/uncond_gd.pt", "--preset", "adm-64"], "does not match preset adm-64: missing keys"),
         (["--model", "{d}/cond.safetensors", "--classifier-scale", "1.0"], "needs a noisy classifier: pass --classifier"),
-        (["--model", "{d}/uncond.safetensors", "--guidance", "2", "--convention", "w"], "needs a class-conditional model; .* is unconditional \\(use --classifier"),
+        (
+            ["--model", "{d}/uncond.safetensors", "--guidance", "2", "--convention", "w"],
+            "needs a class-conditional model; .* is unconditional \\(use --classifier",
+        ),
         (["--model", "{d}/uncond.safetensors", "--guidance", "2"], "--guidance 2 needs an explicit --convention: w \\(Ho & Salimans"),
         (["--model", "{d}/cond.safetensors", "--steps", "0"], "steps must be >= 1, got 0"),
         (["--model", "{d}/cond.safetensors", "--sampler", "plms"], "unknown sampler 'plms'; known samplers: ddpm, ddim, dpmpp_2m, euler, heun"),
         (["--model", "{d}/cond.safetensors", "--convention", "cfg"], "unknown guidance convention 'cfg'"),
-        (["--model", "{d}/cond.safetensors", "--sampler", "heun", "--classifier", "{d}/clf.safetensors", "--classifier-scale", "1"],
-         "does not support classifier guidance"),
+        (
+            ["--model", "{d}/cond.safetensors", "--sampler", "heun", "--classifier", "{d}/clf.safetensors", "--classifier-scale", "1"],
+            "does not support classifier guidance",
+        ),
         (["--model", "{d}/clf.safetensors"], "is a classifier, not a diffusion UNet"),
     ],
 )

@@ -21,8 +21,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_unet(out_channels: int = 3, num_classes: int | None = None, seed: int = 0) -> UNetModel:
-    cfg = UNetConfig(image_size=8, model_channels=32, out_channels=out_channels, num_res_blocks=1, attention_resolutions=(4,),
-                     channel_mult=(1, 1), num_classes=num_classes, num_heads=2, use_scale_shift_norm=True, resblock_updown=True)
+    cfg = UNetConfig(
+        image_size=8,
+        model_channels=32,
+        out_channels=out_channels,
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        channel_mult=(1, 1),
+        num_classes=num_classes,
+        num_heads=2,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+    )
     # Small weights keep the random net's ε in a sane range, so few x̂0 values hit the clip.
     return init_random_(UNetModel(cfg).eval(), seed=seed, std=0.03)
 
@@ -51,8 +61,15 @@ def test_ddpm_matches_diffusers(monkeypatch, variance):
     with torch.no_grad():
         ours = SAMPLERS["ddpm"].fn(lambda a, t: net(a, t), x.clone(), schedule, ours_noise)
 
-    sch = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1000 / T * 1e-4, beta_end=1000 / T * 2e-2,
-                        variance_type=variance, clip_sample=True, prediction_type="epsilon")
+    sch = DDPMScheduler(
+        num_train_timesteps=T,
+        beta_schedule="linear",
+        beta_start=1000 / T * 1e-4,
+        beta_end=1000 / T * 2e-2,
+        variance_type=variance,
+        clip_sample=True,
+        prediction_type="epsilon",
+    )
     sch.set_timesteps(steps)
     theirs_noise = NoiseSource(seeds)
     y = theirs_noise.randn((3, 8, 8))
@@ -79,8 +96,7 @@ def test_ddim_matches_diffusers(eta):
     with torch.no_grad():
         ours = SAMPLERS["ddim"].fn(lambda a, t: net(a, t), x.clone(), schedule, ours_noise, eta=eta)
 
-    sch = DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=True,
-                        prediction_type="epsilon")
+    sch = DDIMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=True, prediction_type="epsilon")
     sch.set_timesteps(steps)
     theirs_noise = NoiseSource(seeds)
     y = theirs_noise.randn((3, 8, 8))
@@ -108,15 +124,21 @@ def test_prediction_type_conversions_agree():
 
 
 def _model(net: UNetModel, variance: str = "fixed_small") -> LoadedModel:
-    return LoadedModel(net, net.config, DiffusionConfig(T, "linear", variance_type=variance), "unet", "native",
-                       num_classes=net.config.num_classes and net.config.num_classes - 1, null_class=net.config.num_classes and net.config.num_classes - 1)
+    return LoadedModel(
+        net,
+        net.config,
+        DiffusionConfig(T, "linear", variance_type=variance),
+        "unet",
+        "native",
+        num_classes=net.config.num_classes and net.config.num_classes - 1,
+        null_class=net.config.num_classes and net.config.num_classes - 1,
+    )
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "heun"])
 def test_bit_identical_across_batch_sizes(sampler):
     m = _model(tiny_unet(out_channels=6, num_classes=4), "learned_range")
-    runs = [np.concatenate([b.images for b in sample(m, 10, sampler=sampler, steps=3, seed=7, batch_size=bs, guidance=0.5)])
-            for bs in (1, 7, 64)]
+    runs = [np.concatenate([b.images for b in sample(m, 10, sampler=sampler, steps=3, seed=7, batch_size=bs, guidance=0.5)]) for bs in (1, 7, 64)]
     assert runs[0].shape == (10, 8, 8, 3) and runs[0].dtype == np.uint8
     assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
     # A different seed gives different samples (the comparison above is not vacuous).

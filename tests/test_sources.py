@@ -55,8 +55,16 @@ def test_all_formats_give_identical_pixels(tmp_path, images):
     np.savez_compressed(tmp_path / "c.npz", arr_0=images)
     np.save(tmp_path / "nhwc.npy", images)
     np.save(tmp_path / "nchw.npy", images.transpose(0, 3, 1, 2))
-    specs = [folder, zpath, tmp_path / "s.npz", tmp_path / "c.npz", tmp_path / "nhwc.npy",
-             tmp_path / "nchw.npy", images, torch.from_numpy(images).permute(0, 3, 1, 2)]
+    specs = [
+        folder,
+        zpath,
+        tmp_path / "s.npz",
+        tmp_path / "c.npz",
+        tmp_path / "nhwc.npy",
+        tmp_path / "nchw.npy",
+        images,
+        torch.from_numpy(images).permute(0, 3, 1, 2),
+    ]
     for spec in specs:
         src = open_source(spec)
         assert src.n == len(images), src.describe()
@@ -82,8 +90,9 @@ def test_grayscale_and_alpha_channels(tmp_path, rng):
     shapes = sorted(b.shape for b, _ in src.batches(8))
     assert shapes == [(1, 9, 8, 1), (1, 9, 8, 3), (1, 9, 8, 4)]
     assert src.report.read == 3 and src.report.ignored == 1
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "g.png"))[..., None],
-                                  next(b for b, _ in open_source(tmp_path).batches(8) if b.shape[-1] == 1)[0])
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "g.png"))[..., None], next(b for b, _ in open_source(tmp_path).batches(8) if b.shape[-1] == 1)[0]
+    )
 
 
 def test_corrupt_file_rejected_with_reason_and_stream_continues(tmp_path, images):
@@ -127,8 +136,7 @@ def test_mixed_sizes_grouped_into_uniform_batches(tmp_path, rng):
     batches = [b for b, _ in src.batches(2)]
     assert sum(len(b) for b in batches) == len(sizes) == src.report.read
     assert all(len(b) <= 2 for b in batches)
-    assert sorted((b.shape[1:3], len(b)) for b in batches) == sorted(
-        [((8, 8), 2), ((8, 8), 1), ((12, 6), 2), ((5, 7), 1)])
+    assert sorted((b.shape[1:3], len(b)) for b in batches) == sorted([((8, 8), 2), ((8, 8), 1), ((12, 6), 2), ((5, 7), 1)])
 
 
 def test_truncated_and_corrupt_npz_are_fatal(tmp_path, images):
@@ -146,12 +154,15 @@ def test_truncated_and_corrupt_npz_are_fatal(tmp_path, images):
         _collect(open_source(tmp_path / "crc.npz"))  # small members fail at open, large ones mid-stream
 
 
-@pytest.mark.parametrize("arr, match", [
-    (np.zeros((4, 9, 9, 7), np.uint8), "wrong image array shape"),
-    (np.zeros((4, 9), np.uint8), "wrong image array shape"),
-    (np.zeros((4, 9, 9, 3), np.int64), "dtype int64 is not supported"),
-    (np.zeros((4, 9, 9, 3), np.float32), "need a stated range"),
-])
+@pytest.mark.parametrize(
+    "arr, match",
+    [
+        (np.zeros((4, 9, 9, 7), np.uint8), "wrong image array shape"),
+        (np.zeros((4, 9), np.uint8), "wrong image array shape"),
+        (np.zeros((4, 9, 9, 3), np.int64), "dtype int64 is not supported"),
+        (np.zeros((4, 9, 9, 3), np.float32), "need a stated range"),
+    ],
+)
 def test_bad_arrays_rejected(tmp_path, arr, match):
     with pytest.raises(GenevalError, match=match):
         open_source(arr)
@@ -182,8 +193,7 @@ def test_statistics_files(tmp_path, rng):
     np.testing.assert_array_equal(src.stats["pool3"][0], mu)
     with pytest.raises(GenevalError, match="statistics only"):
         list(src.batches(4))
-    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 255, (3, 4, 4, 3), dtype=np.uint8), mu=mu, sigma=sigma,
-             mu_s=mu[:2], sigma_s=np.eye(2))
+    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 255, (3, 4, 4, 3), dtype=np.uint8), mu=mu, sigma=sigma, mu_s=mu[:2], sigma_s=np.eye(2))
     ref = open_source(tmp_path / "ref.npz")
     assert ref.kind == "adm-ref" and ref.has_images and set(ref.stats) == {"pool3", "spatial"}
     np.savez(tmp_path / "half.npz", mu=mu)
@@ -235,8 +245,13 @@ def test_reference_writer_roundtrip(tmp_path, rng):
     passed = list(spool.tee(batches))
     assert [b is p for (b, _), (p, _) in zip(batches, passed)] == [True, True]
     mu, sigma = rng.normal(size=4), np.cov(rng.normal(size=(4, 10)))
-    out = write_reference(tmp_path / "ref.npz", {"pool3": (mu, sigma), "spatial": (mu[:2], sigma[:2, :2])},
-                          {"mode": "tf", "n": 6}, images=spool, pool3=rng.normal(size=(6, 4)))
+    out = write_reference(
+        tmp_path / "ref.npz",
+        {"pool3": (mu, sigma), "spatial": (mu[:2], sigma[:2, :2])},
+        {"mode": "tf", "n": 6},
+        images=spool,
+        pool3=rng.normal(size=(6, 4)),
+    )
     with np.load(out, allow_pickle=False) as z:  # what ADM's evaluator / pytorch-fid do
         assert z["arr_0"].shape == (6, 5, 4, 3) and z["arr_0"].dtype == np.uint8
         np.testing.assert_array_equal(z["arr_0"][:3], np.repeat(batches[0][0], 3, axis=-1))
@@ -249,8 +264,7 @@ def test_reference_writer_roundtrip(tmp_path, rng):
 
 def test_reference_writer_refuses_mixed_sizes(tmp_path, rng):
     spool = ImageSpool(tmp_path)
-    batches = [(rng.integers(0, 256, (2, 5, 5, 3), dtype=np.uint8), None),
-               (rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8), None)]
+    batches = [(rng.integers(0, 256, (2, 5, 5, 3), dtype=np.uint8), None), (rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8), None)]
     with pytest.raises(GenevalError, match="one image size"):
         list(spool.tee(batches))
     spool.discard()

@@ -41,8 +41,21 @@ def _fake_sweep(conv: str = "w") -> ResultSet:
     rows = []
     for g, fid, p, r in ((0.0, 40.0, 0.5, 0.6), (1.0, 30.0, 0.7, 0.4), (2.0, 35.0, 0.8, 0.2)):
         for m, v in (("fid", fid), ("precision", p), ("recall", r)):
-            rows.append(ResultRow(run_id=f"s-{g}", metric=m, value=v, n=1000, higher_is_better=m != "fid", sampler="ddim", steps=20, guidance=g,
-                                  convention=conv, mode="tf", extra={"sweep_value": g}))
+            rows.append(
+                ResultRow(
+                    run_id=f"s-{g}",
+                    metric=m,
+                    value=v,
+                    n=1000,
+                    higher_is_better=m != "fid",
+                    sampler="ddim",
+                    steps=20,
+                    guidance=g,
+                    convention=conv,
+                    mode="tf",
+                    extra={"sweep_value": g},
+                )
+            )
     return ResultSet(rows)
 
 
@@ -51,8 +64,16 @@ def test_plot_sweep_writes_png_and_svg_with_provenance(tmp_path):
 
     files = plot_sweep(_fake_sweep(), "guidance", tmp_path, title="demo")
     names = sorted(p.name for p in files)
-    assert names == sorted(["metrics_vs_guidance.png", "metrics_vs_guidance.svg", "fid_vs_precision.png",
-                            "fid_vs_precision.svg", "precision_vs_recall.png", "precision_vs_recall.svg"])
+    assert names == sorted(
+        [
+            "metrics_vs_guidance.png",
+            "metrics_vs_guidance.svg",
+            "fid_vs_precision.png",
+            "fid_vs_precision.svg",
+            "precision_vs_recall.png",
+            "precision_vs_recall.svg",
+        ]
+    )
     for p in files:
         assert p.stat().st_size > 1000
     svg = (tmp_path / "fid_vs_precision.svg").read_text()

@@ -19,31 +19,51 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _res_shapes(prefix: str, ch_in: int, ch_out: int, emb: int, scale_shift: bool = True) -> dict[str, tuple[int, ...]]:
-    out = {f"{prefix}.in_layers.0.weight": (ch_in,), f"{prefix}.in_layers.0.bias": (ch_in,),
-           f"{prefix}.in_layers.2.weight": (ch_out, ch_in, 3, 3), f"{prefix}.in_layers.2.bias": (ch_out,),
-           f"{prefix}.emb_layers.1.weight": ((2 if scale_shift else 1) * ch_out, emb),
-           f"{prefix}.emb_layers.1.bias": ((2 if scale_shift else 1) * ch_out,),
-           f"{prefix}.out_layers.0.weight": (ch_out,), f"{prefix}.out_layers.0.bias": (ch_out,),
-           f"{prefix}.out_layers.3.weight": (ch_out, ch_out, 3, 3), f"{prefix}.out_layers.3.bias": (ch_out,)}
+    out = {
+        f"{prefix}.in_layers.0.weight": (ch_in,),
+        f"{prefix}.in_layers.0.bias": (ch_in,),
+        f"{prefix}.in_layers.2.weight": (ch_out, ch_in, 3, 3),
+        f"{prefix}.in_layers.2.bias": (ch_out,),
+        f"{prefix}.emb_layers.1.weight": ((2 if scale_shift else 1) * ch_out, emb),
+        f"{prefix}.emb_layers.1.bias": ((2 if scale_shift else 1) * ch_out,),
+        f"{prefix}.out_layers.0.weight": (ch_out,),
+        f"{prefix}.out_layers.0.bias": (ch_out,),
+        f"{prefix}.out_layers.3.weight": (ch_out, ch_out, 3, 3),
+        f"{prefix}.out_layers.3.bias": (ch_out,),
+    }
     if ch_in != ch_out:
         out |= {f"{prefix}.skip_connection.weight": (ch_out, ch_in, 1, 1), f"{prefix}.skip_connection.bias": (ch_out,)}
     return out
 
 
 def _attn_shapes(prefix: str, ch: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.norm.weight": (ch,), f"{prefix}.norm.bias": (ch,), f"{prefix}.qkv.weight": (3 * ch, ch, 1),
-            f"{prefix}.qkv.bias": (3 * ch,), f"{prefix}.proj_out.weight": (ch, ch, 1), f"{prefix}.proj_out.bias": (ch,)}
+    return {
+        f"{prefix}.norm.weight": (ch,),
+        f"{prefix}.norm.bias": (ch,),
+        f"{prefix}.qkv.weight": (3 * ch, ch, 1),
+        f"{prefix}.qkv.bias": (3 * ch,),
+        f"{prefix}.proj_out.weight": (ch, ch, 1),
+        f"{prefix}.proj_out.bias": (ch,),
+    }
 
 
-def guided_diffusion_shapes(mc: int, mult: tuple[float, ...], blocks: int, attn_levels: set[int], updown: bool,
-                            classes: int | None, decoder: bool = True, in_ch: int = 3, out_ch: int = 6,
-                            scale_shift: bool = True) -> dict[str, tuple[int, ...]]:
+def guided_diffusion_shapes(
+    mc: int,
+    mult: tuple[float, ...],
+    blocks: int,
+    attn_levels: set[int],
+    updown: bool,
+    classes: int | None,
+    decoder: bool = True,
+    in_ch: int = 3,
+    out_ch: int = 6,
+    scale_shift: bool = True,
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of guided-diffusion's UNetModel / SuperResModel / EncoderUNetModel trunk, written out
     from its documented construction loop (guided_diffusion/unet.py), not from geneval's modules.
     Widths are int(mult·mc) as there; in_ch is 6 for SuperResModel (x_t and the upsampled low-res)."""
     emb = 4 * mc
-    sh = {"time_embed.0.weight": (emb, mc), "time_embed.0.bias": (emb,), "time_embed.2.weight": (emb, emb),
-          "time_embed.2.bias": (emb,)}
+    sh = {"time_embed.0.weight": (emb, mc), "time_embed.0.bias": (emb,), "time_embed.2.weight": (emb, emb), "time_embed.2.bias": (emb,)}
     if classes is not None:
         sh["label_emb.weight"] = (classes, emb)
     ch0 = int(mult[0] * mc)
@@ -86,8 +106,9 @@ def guided_diffusion_shapes(mc: int, mult: tuple[float, ...], blocks: int, attn_
     return sh | {"out.0.weight": (ch,), "out.0.bias": (ch,), "out.2.weight": (out_ch, ch0, 3, 3), "out.2.bias": (out_ch,)}
 
 
-def guided_diffusion_keys(mc: int, mult: tuple[float, ...], blocks: int, attn_levels: set[int], updown: bool,
-                          classes: bool, decoder: bool = True) -> set[str]:
+def guided_diffusion_keys(
+    mc: int, mult: tuple[float, ...], blocks: int, attn_levels: set[int], updown: bool, classes: bool, decoder: bool = True
+) -> set[str]:
     """The state-dict keys of guided_diffusion_shapes (kept for tests that only compare key sets)."""
     return set(guided_diffusion_shapes(mc, mult, blocks, attn_levels, updown, 1000 if classes else None, decoder))
 
@@ -98,8 +119,18 @@ def state_shapes(net: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("updown", [True, False])
 def test_unet_keys_match_guided_diffusion_structure(updown):
-    cfg = UNetConfig(image_size=16, model_channels=32, out_channels=6, num_res_blocks=2, attention_resolutions=(8,),
-                     channel_mult=(1, 2), num_classes=10, num_head_channels=32, use_scale_shift_norm=True, resblock_updown=updown)
+    cfg = UNetConfig(
+        image_size=16,
+        model_channels=32,
+        out_channels=6,
+        num_res_blocks=2,
+        attention_resolutions=(8,),
+        channel_mult=(1, 2),
+        num_classes=10,
+        num_head_channels=32,
+        use_scale_shift_norm=True,
+        resblock_updown=updown,
+    )
     with torch.device("meta"):
         net = UNetModel(cfg)
     expected = guided_diffusion_keys(32, (1, 2), 2, {1}, updown, classes=True)
@@ -117,9 +148,17 @@ def test_preset_keys_and_parameter_counts(name):
     with torch.device("meta"):
         net = UNetModel(c)
     attn_levels = {lvl for lvl in range(len(c.channel_mult)) if c.image_size // 2**lvl in c.attention_resolutions}
-    expected = guided_diffusion_shapes(c.model_channels, c.channel_mult, c.num_res_blocks, attn_levels, c.resblock_updown,
-                                       c.num_classes, in_ch=6 if c.super_res else 3, out_ch=c.out_channels,
-                                       scale_shift=c.use_scale_shift_norm)
+    expected = guided_diffusion_shapes(
+        c.model_channels,
+        c.channel_mult,
+        c.num_res_blocks,
+        attn_levels,
+        c.resblock_updown,
+        c.num_classes,
+        in_ch=6 if c.super_res else 3,
+        out_ch=c.out_channels,
+        scale_shift=c.use_scale_shift_norm,
+    )
     assert state_shapes(net) == expected
     assert count_parameters(net) == p.num_parameters
     if name == "adm-64":
@@ -133,10 +172,16 @@ def test_classifier_preset_keys_and_counts(name):
     with torch.device("meta"):
         net = EncoderUNet(c)
     attn_levels = {lvl for lvl in range(len(c.channel_mult)) if c.image_size // 2**lvl in c.attention_resolutions}
-    expected = set(guided_diffusion_shapes(c.model_channels, c.channel_mult, c.num_res_blocks, attn_levels, c.resblock_updown,
-                                           None, decoder=False))
-    expected |= {"out.0.weight", "out.0.bias", "out.2.positional_embedding", "out.2.qkv_proj.weight",
-                 "out.2.qkv_proj.bias", "out.2.c_proj.weight", "out.2.c_proj.bias"}
+    expected = set(guided_diffusion_shapes(c.model_channels, c.channel_mult, c.num_res_blocks, attn_levels, c.resblock_updown, None, decoder=False))
+    expected |= {
+        "out.0.weight",
+        "out.0.bias",
+        "out.2.positional_embedding",
+        "out.2.qkv_proj.weight",
+        "out.2.qkv_proj.bias",
+        "out.2.c_proj.weight",
+        "out.2.c_proj.bias",
+    }
     assert set(net.state_dict()) == expected
     assert count_parameters(net) == p.num_parameters
     final = c.image_size // 2 ** (len(c.channel_mult) - 1)
@@ -184,8 +229,18 @@ def test_head_channels_override_num_heads():
 
 
 def test_forward_shapes_learned_sigma_and_labels_matter():
-    cfg = UNetConfig(image_size=8, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=(4,),
-                     channel_mult=(1, 2), num_classes=5, num_heads=2, use_scale_shift_norm=True, resblock_updown=True)
+    cfg = UNetConfig(
+        image_size=8,
+        model_channels=32,
+        out_channels=6,
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        channel_mult=(1, 2),
+        num_classes=5,
+        num_heads=2,
+        use_scale_shift_norm=True,
+        resblock_updown=True,
+    )
     net = init_random_(UNetModel(cfg).eval(), seed=0)
     assert cfg.learn_sigma
     x = torch.randn(3, 3, 8, 8)
@@ -218,8 +273,9 @@ def test_timestep_embedding_is_cos_then_sin():
 
 
 def test_classifier_forward():
-    cfg = ClassifierConfig(image_size=16, model_channels=32, out_channels=7, num_res_blocks=1, attention_resolutions=(8,),
-                           channel_mult=(1, 2), num_head_channels=32)
+    cfg = ClassifierConfig(
+        image_size=16, model_channels=32, out_channels=7, num_res_blocks=1, attention_resolutions=(8,), channel_mult=(1, 2), num_head_channels=32
+    )
     net = init_random_(EncoderUNet(cfg).eval(), seed=0)
     with torch.no_grad():
         logits = net(torch.randn(2, 3, 16, 16), torch.tensor([5, 50]))

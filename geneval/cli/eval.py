@@ -82,17 +82,16 @@ def user_messages(quiet: bool = False) -> Iterator[None]:
 
 def format_table(rs) -> str:
     """metric / value / ± std / n, aligned; numbers with 6 significant digits."""
+
     def num(x) -> str:
         if x is None:
             return ""
         return str(x) if not math.isfinite(x) else f"{x:.6g}"
 
     cells = [("metric", "value", "± std", "n")]
-    cells += [(r.metric, num(r.value), "" if r.std is None else "± " + num(r.std), "" if r.n is None else str(r.n))
-              for r in rs.rows]
+    cells += [(r.metric, num(r.value), "" if r.std is None else "± " + num(r.std), "" if r.n is None else str(r.n)) for r in rs.rows]
     widths = [max(len(c[i]) for c in cells) for i in range(4)]
-    lines = ["  ".join(c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(4)).rstrip()
-             for c in cells]
+    lines = ["  ".join(c[i].ljust(widths[i]) if i == 0 else c[i].rjust(widths[i]) for i in range(4)).rstrip() for c in cells]
     return "\n".join(lines)
 
 
@@ -130,8 +129,16 @@ def register(app: typer.Typer) -> None:
         out: Path | None = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
         quiet: bool = _QUIET,
         shard_size: int = _SHARD,
-        features: str | None = typer.Option(None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs)."),
-        ci: float | None = typer.Option(None, "--ci", min=0.0, max=1.0, help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed)."),
+        features: str | None = typer.Option(
+            None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs)."
+        ),
+        ci: float | None = typer.Option(
+            None,
+            "--ci",
+            min=0.0,
+            max=1.0,
+            help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed).",
+        ),
     ) -> None:
         from geneval.evaluation import evaluate
         from geneval.results import write_results
@@ -143,10 +150,26 @@ def register(app: typer.Typer) -> None:
         with user_messages(quiet or not distributed.current().is_main):
             sample_src = open_source(samples, float_range=float_range)
             ref_src = None if ref is None else open_source(ref, float_range=float_range)
-            rs = evaluate(sample_src, ref_src, metrics=metrics, mode=mode, device=device, precision=precision,
-                          batch_size=batch_size, weights=weights, cache=not no_cache, seed=seed,
-                          is_convention=is_convention, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-                          progress=not quiet, model=model, shard_size=shard_size, ci=ci, features=features)
+            rs = evaluate(
+                sample_src,
+                ref_src,
+                metrics=metrics,
+                mode=mode,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                weights=weights,
+                cache=not no_cache,
+                seed=seed,
+                is_convention=is_convention,
+                kid_subsets=kid_subsets,
+                kid_subset_size=kid_subset_size,
+                progress=not quiet,
+                model=model,
+                shard_size=shard_size,
+                ci=ci,
+                features=features,
+            )
         if rs is None:  # not rank 0: rank 0 prints and writes
             return
         typer.echo(format_table(rs))
@@ -180,10 +203,21 @@ def register(app: typer.Typer) -> None:
         distributed.init(device)
         _check_out(out, (".npz",))
         with user_messages(quiet or not distributed.current().is_main):
-            meta = build_reference(open_source(source, float_range=float_range), out, mode=mode, device=device,
-                                   precision=precision, batch_size=batch_size, weights=weights,
-                                   with_images=with_images, with_features=with_features, stats_only=stats_only,
-                                   cache=not no_cache, progress=not quiet, shard_size=shard_size)
+            meta = build_reference(
+                open_source(source, float_range=float_range),
+                out,
+                mode=mode,
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                weights=weights,
+                with_images=with_images,
+                with_features=with_features,
+                stats_only=stats_only,
+                cache=not no_cache,
+                progress=not quiet,
+                shard_size=shard_size,
+            )
         if not distributed.current().is_main:
             return
         kind = "statistics" if stats_only else "reference batch"

@@ -51,28 +51,41 @@ def register(app: typer.Typer) -> None:
 
     @app.command("recon", epilog=EXAMPLES)
     def recon_cmd(
-        ae: str | None = typer.Option(None, "--ae", help="Autoencoder: demo (default; the shipped KL demo), demo-vq, "
-                                         "a native folder, an LDM .ckpt, a standalone / SD VAE file, or a diffusers folder."),
-        ae_config: str | None = typer.Option(None, "--ae-config", help="Shape for LDM files: preset (sd-vae, kl-f4, "
-                                                "kl-f8, kl-f16, kl-f32, vq-f4, vq-f8, vq-f16), LDM YAML or JSON; "
-                                                "default: read off the tensor shapes."),
+        ae: str | None = typer.Option(
+            None,
+            "--ae",
+            help="Autoencoder: demo (default; the shipped KL demo), demo-vq, "
+            "a native folder, an LDM .ckpt, a standalone / SD VAE file, or a diffusers folder.",
+        ),
+        ae_config: str | None = typer.Option(
+            None,
+            "--ae-config",
+            help="Shape for LDM files: preset (sd-vae, kl-f4, "
+            "kl-f8, kl-f16, kl-f32, vq-f4, vq-f8, vq-f16), LDM YAML or JSON; "
+            "default: read off the tensor shapes.",
+        ),
         data: str = typer.Option("fashion-mnist:test", "--data", help="Originals: dataset name, folder, zip, npz or npy."),
-        reconstructions: str | None = typer.Option(None, "--reconstructions", help="Score these stored reconstructions "
-                                                      "(same order and size as --data) instead of running an autoencoder."),
-        metrics: str | None = typer.Option(None, "--metrics", help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
-                                              "latent (latent_scale, latent_std, latent_mean), codebook (VQ). Default: "
-                                              "psnr,ssim,rfid,latent[,codebook] — all offline."),
+        reconstructions: str | None = typer.Option(
+            None, "--reconstructions", help="Score these stored reconstructions (same order and size as --data) instead of running an autoencoder."
+        ),
+        metrics: str | None = typer.Option(
+            None,
+            "--metrics",
+            help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
+            "latent (latent_scale, latent_std, latent_mean), codebook (VQ). Default: "
+            "psnr,ssim,rfid,latent[,codebook] — all offline.",
+        ),
         n: int = typer.Option(500, "--num-samples", "--n", min=0, help="Images to use (0: all). rFID at small N is biased upward."),
         batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per batch."),
         device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the KL posterior sample behind the latent statistics."),
         lpips_net: str = typer.Option("alex", "--lpips-net", help="LPIPS backbone: alex, vgg or squeeze."),
-        lpips_weights: Path | None = typer.Option(None, "--lpips-weights", help="torchvision backbone file for LPIPS "
-                                                     "(default: torch hub cache, then geneval's cache)."),
+        lpips_weights: Path | None = typer.Option(
+            None, "--lpips-weights", help="torchvision backbone file for LPIPS (default: torch hub cache, then geneval's cache)."
+        ),
         mode: str = typer.Option("tf", "--mode", help="TF-Inception preprocessing for rFID: tf, pytorch, clean."),
         inception_weights: Path | None = typer.Option(None, "--inception-weights", help="TF-Inception weight file."),
-        out: Path | None = typer.Option(None, "--out", help="Write results: a folder (results.json/.csv/.md) or one "
-                                           "file by suffix."),
+        out: Path | None = typer.Option(None, "--out", help="Write results: a folder (results.json/.csv/.md) or one file by suffix."),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:
         """Reconstruct a data set with an autoencoder and score the reconstructions."""
@@ -80,10 +93,22 @@ def register(app: typer.Typer) -> None:
 
         if lpips_net not in ("alex", "vgg", "squeeze"):
             raise GenevalError(f"unknown --lpips-net {lpips_net!r}: use alex, vgg or squeeze")
-        rs = recon(ae=ae, data=data, metrics=metrics, n=n or None, batch_size=batch_size, device=device, seed=seed,
-                   lpips_net=lpips_net, lpips_weights=str(lpips_weights) if lpips_weights else None, ae_config=ae_config,
-                   reconstructions=reconstructions, mode=mode,
-                   inception_weights=str(inception_weights) if inception_weights else None, progress=progress)
+        rs = recon(
+            ae=ae,
+            data=data,
+            metrics=metrics,
+            n=n or None,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            lpips_net=lpips_net,
+            lpips_weights=str(lpips_weights) if lpips_weights else None,
+            ae_config=ae_config,
+            reconstructions=reconstructions,
+            mode=mode,
+            inception_weights=str(inception_weights) if inception_weights else None,
+            progress=progress,
+        )
         cfg = rs.config
         who = cfg.get("ae") or f"stored reconstructions {cfg.get('reconstructions')}"
         print(f"recon: {who} on {cfg['data']}: read {cfg['n_read']} images", file=sys.stderr)

@@ -44,7 +44,9 @@ def report(
     runs: list[Path] = typer.Argument(..., help="Results files (.json/.csv/.jsonl) or run directories holding results.json."),
     fmt: str | None = typer.Option(None, "--format", "-f", help="md, csv, json or html (default: from --out's suffix, else md)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write here (atomically) instead of stdout."),
-    allow_incomparable: bool = typer.Option(False, "--allow-incomparable", help="Show numbers measured under different N/mode/weights/reference, flagged, instead of refusing."),
+    allow_incomparable: bool = typer.Option(
+        False, "--allow-incomparable", help="Show numbers measured under different N/mode/weights/reference, flagged, instead of refusing."
+    ),
     title: str = typer.Option("geneval report", "--title", help="Heading of the md/html report."),
 ) -> None:
     """Compare runs × metrics in one table; the best value per metric is marked.
@@ -95,9 +97,13 @@ def compare(
 def gate(
     results: list[Path] = typer.Argument(..., help="Results files or run directories (several = seed repeats, averaged)."),
     baseline: Path = typer.Option(..., "--baseline", "-b", help="Baseline results JSON (written by --update-baseline)."),
-    tolerance: str | None = typer.Option(None, "--tolerance", "-t", help="Per-metric tolerance: fid=0.5,is=2% (% = of the baseline value; * = every metric)."),
+    tolerance: str | None = typer.Option(
+        None, "--tolerance", "-t", help="Per-metric tolerance: fid=0.5,is=2% (% = of the baseline value; * = every metric)."
+    ),
     z: float = typer.Option(3.0, "--z", min=0.0, help="Noise band width in standard deviations."),
-    update_baseline: bool = typer.Option(False, "--update-baseline", help="Write RESULTS (one run, or the mean ± spread of seed repeats) as the new baseline instead of gating."),
+    update_baseline: bool = typer.Option(
+        False, "--update-baseline", help="Write RESULTS (one run, or the mean ± spread of seed repeats) as the new baseline instead of gating."
+    ),
 ) -> None:
     """Fail (exit 1) when a metric regresses beyond its noise band; exit 2 on unusable input.
 

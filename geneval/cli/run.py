@@ -12,10 +12,24 @@ import typer
 from geneval import vocab
 from geneval.errors import GenevalError
 
-_MODEL = typer.Option(None, "--model", "-m", help="Checkpoint: native folder/.safetensors, guided-diffusion .pt (with --preset) or diffusers folder. Omit to run the offline demo.")
+_MODEL = typer.Option(
+    None,
+    "--model",
+    "-m",
+    help="Checkpoint: native folder/.safetensors, guided-diffusion .pt (with --preset) or diffusers folder. Omit to run the offline demo.",
+)
 _PRESET = typer.Option(None, "--preset", help="Architecture preset for guided-diffusion .pt files.")
-_REF = typer.Option(None, "--ref", "-r", help="Reference: images, ADM reference batch or stats .npz. Default with the demo: shipped Fashion-MNIST test statistics.")
-_N = typer.Option(None, "--num-samples", "--n", "-n", min=1, help="Number of samples (default 50000; the demo without --model: 500). Under torchrun spell it --num-samples.")
+_REF = typer.Option(
+    None, "--ref", "-r", help="Reference: images, ADM reference batch or stats .npz. Default with the demo: shipped Fashion-MNIST test statistics."
+)
+_N = typer.Option(
+    None,
+    "--num-samples",
+    "--n",
+    "-n",
+    min=1,
+    help="Number of samples (default 50000; the demo without --model: 500). Under torchrun spell it --num-samples.",
+)
 _SAMPLER = typer.Option(None, "--sampler", help=f"Sampler: {vocab.choices_help('sampler')} (default ddim).")
 _CONV = typer.Option(None, "--convention", help=f"CFG convention: {vocab.choices_help('convention')}.")
 _CLF = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance ('demo' = the shipped demo classifier).")
@@ -25,10 +39,16 @@ _BS = typer.Option(None, "--batch-size", min=1, help="Samples per sampler/featur
 _DEVICE = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu).")
 _MODE = typer.Option(None, "--mode", help=f"Feature preprocessing: {vocab.choices_help('mode')}; default tf.")
 _PREC = typer.Option(None, "--precision", help=f"Feature precision: {vocab.choices_help('precision')}; default exact.")
-_FLAGS = typer.Option(None, "--model-flags", help="guided-diffusion flags for a .pt no preset covers, e.g. '--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True' (their names and defaults).")
+_FLAGS = typer.Option(
+    None,
+    "--model-flags",
+    help="guided-diffusion flags for a .pt no preset covers, e.g. '--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True' (their names and defaults).",
+)
 _MCONFIG = typer.Option(None, "--model-config", help="LDM YAML of a CompVis .ckpt (latent diffusion); `--config model.yaml` works too.")
 _VAE = typer.Option(None, "--vae", help="First-stage autoencoder of a DiT checkpoint: diffusers folder (sd-vae-ft-ema), .safetensors or .ckpt.")
-_CFGCH = typer.Option(None, "--cfg-channels", help="DiT CFG on 'official' (first 3 latent channels, DiT's sample.py) or 'all' channels (diffusers' DiTPipeline).")
+_CFGCH = typer.Option(
+    None, "--cfg-channels", help="DiT CFG on 'official' (first 3 latent channels, DiT's sample.py) or 'all' channels (diffusers' DiTPipeline)."
+)
 _VQ = typer.Option(None, "--vq", help="VQ tokenizer (taming VQGAN .ckpt) decoding a VQ-Diffusion checkpoint's tokens.")
 _TRUNC = typer.Option(None, "--truncation-rate", min=0.0, max=1.0, help="VQ-Diffusion truncation r in (0, 1] (default: the checkpoint's).")
 _VQCFG = typer.Option(None, "--vq-config", help="VQ tokenizer shape when it cannot be inferred: preset name or taming YAML.")
@@ -38,11 +58,25 @@ _UP = typer.Option(None, "--upsampler", help="ADM super-resolution checkpoint: r
 _UP_PRESET = typer.Option(None, "--upsampler-preset", help="Upsampler preset when its file name is not a known release.")
 _UP_SAMPLER = typer.Option(None, "--upsampler-sampler", help="Upsampler stage sampler (default ddpm, as ADM's super_res_sample.py).")
 _UP_STEPS = typer.Option(None, "--upsampler-steps", min=1, help="Upsampler stage steps (default 250).")
-_CI = typer.Option(None, "--ci", min=0.0, max=1.0, help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed) in every row, report and plot.")
+_CI = typer.Option(
+    None,
+    "--ci",
+    min=0.0,
+    max=1.0,
+    help="Bootstrap confidence intervals for FID/PR/DC at this level (e.g. 0.95; 200 resamples seeded by --seed) in every row, report and plot.",
+)
 _CSRC = typer.Option(None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model.")
-_RCONV = typer.Option(None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}; default: the convention source's.")
-_FEATS = typer.Option(None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs); weights are checked before any work.")
-_SHARD = typer.Option(None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size.")
+_RCONV = typer.Option(
+    None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}; default: the convention source's."
+)
+_FEATS = typer.Option(
+    None,
+    "--features",
+    help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs); weights are checked before any work.",
+)
+_SHARD = typer.Option(
+    None, "--shard-size", min=1, help="Samples per resumable shard (default 1000): a killed run restarts from its finished shards, at any world size."
+)
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
 _CONFIG = typer.Option(None, "--config", help="TOML file with run settings (keys = the long option names with _); flags override it.")
@@ -95,7 +129,9 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
         model: str | None = _MODEL,
-        metrics: str | None = typer.Option(None, "--metrics", help="Comma list of metrics/groups: fid, sfid, is, kid, pr, dc (default fid; demo: fid,pr)."),
+        metrics: str | None = typer.Option(
+            None, "--metrics", help="Comma list of metrics/groups: fid, sfid, is, kid, pr, dc (default fid; demo: fid,pr)."
+        ),
         ref: str | None = _REF,
         n: int | None = _N,
         sampler: str | None = _SAMPLER,
@@ -153,19 +189,54 @@ def register(app: typer.Typer) -> None:
 
         _setup_logging()
         distributed.init(device)
-        cfg = _resolve(config, dict(model=model, metrics=metrics, ref=ref, n=n, sampler=sampler, steps=steps,
-                                    guidance=guidance, convention=convention, classifier=classifier,
-                                    classifier_scale=classifier_scale, seed=seed, batch_size=batch_size, device=device,
-                                    mode=mode, precision=precision, save_samples=save_samples, out_dir=out_dir,
-                                    run_id=run_id, preset=preset, progress=progress, shard_size=shard_size,
-                                    model_flags=model_flags, model_config=model_config, vae=vae, cfg_channels=cfg_channels,
-                                    vq=vq, truncation_rate=truncation_rate, vq_config=vq_config, vq_token_map=vq_token_map, skip=skip,
-                                    upsampler=upsampler,
-                                    upsampler_preset=upsampler_preset, upsampler_sampler=upsampler_sampler,
-                                    upsampler_steps=upsampler_steps, ci=ci, convention_source=convention_source,
-                                    respacing_convention=respacing_convention, features=features))
+        cfg = _resolve(
+            config,
+            dict(
+                model=model,
+                metrics=metrics,
+                ref=ref,
+                n=n,
+                sampler=sampler,
+                steps=steps,
+                guidance=guidance,
+                convention=convention,
+                classifier=classifier,
+                classifier_scale=classifier_scale,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                mode=mode,
+                precision=precision,
+                save_samples=save_samples,
+                out_dir=out_dir,
+                run_id=run_id,
+                preset=preset,
+                progress=progress,
+                shard_size=shard_size,
+                model_flags=model_flags,
+                model_config=model_config,
+                vae=vae,
+                cfg_channels=cfg_channels,
+                vq=vq,
+                truncation_rate=truncation_rate,
+                vq_config=vq_config,
+                vq_token_map=vq_token_map,
+                skip=skip,
+                upsampler=upsampler,
+                upsampler_preset=upsampler_preset,
+                upsampler_sampler=upsampler_sampler,
+                upsampler_steps=upsampler_steps,
+                ci=ci,
+                convention_source=convention_source,
+                respacing_convention=respacing_convention,
+                features=features,
+            ),
+        )
         if cfg.model is None and distributed.current().is_main:
-            print(f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler or 'ddim'} {cfg.steps or 25} steps)", file=sys.stderr)
+            print(
+                f"geneval run: no --model given: running the offline demo (N={cfg.n}, {cfg.sampler or 'ddim'} {cfg.steps or 25} steps)",
+                file=sys.stderr,
+            )
         rs = run_config(cfg)
         if rs is not None:  # rank 0 reports; the other ranks only computed
             _print_results(rs, "report")
@@ -174,7 +245,9 @@ def register(app: typer.Typer) -> None:
     def sweep_cmd(
         model: str | None = _MODEL,
         guidance: str | None = typer.Option(None, "--guidance", help="Comma list of CFG scales to sweep, e.g. 0,0.5,1,2,4 (in --convention)."),
-        steps: str | None = typer.Option(None, "--steps", help="Comma list of step counts to sweep (e.g. 10,25,50), or one count when sweeping guidance."),
+        steps: str | None = typer.Option(
+            None, "--steps", help="Comma list of step counts to sweep (e.g. 10,25,50), or one count when sweeping guidance."
+        ),
         fixed_guidance: float | None = typer.Option(None, "--at-guidance", help="When sweeping steps: the fixed CFG scale (omit: no CFG)."),
         metrics: str | None = typer.Option(None, "--metrics", help="Comma list of metrics/groups (default fid,pr)."),
         ref: str | None = _REF,
@@ -214,9 +287,27 @@ def register(app: typer.Typer) -> None:
             fixed = {"steps": None, "guidance": fixed_guidance}
         else:
             raise GenevalError("nothing to sweep: pass --guidance 0,0.5,1,2,4 or --steps 10,25,50")
-        base = _resolve(config, dict(model=model, metrics=metrics or "fid,pr", ref=ref, n=n, sampler=sampler,
-                                     convention=convention, classifier=classifier, classifier_scale=classifier_scale,
-                                     seed=seed, batch_size=batch_size, device=device, mode=mode, precision=precision,
-                                     out_dir=out_dir, preset=preset, progress=progress, **fixed))
+        base = _resolve(
+            config,
+            dict(
+                model=model,
+                metrics=metrics or "fid,pr",
+                ref=ref,
+                n=n,
+                sampler=sampler,
+                convention=convention,
+                classifier=classifier,
+                classifier_scale=classifier_scale,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                mode=mode,
+                precision=precision,
+                out_dir=out_dir,
+                preset=preset,
+                progress=progress,
+                **fixed,
+            ),
+        )
         rs = sweep(base, param, values, sweep_id=sweep_id)
         _print_results(rs, "sweep report")

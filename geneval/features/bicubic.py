@@ -48,34 +48,19 @@ def resize_bicubic(x: torch.Tensor, size: int, mode: str = "pil") -> torch.Tenso
         mode: ``pil`` (exact, per image, uint8 output) or ``torch`` (fast, batched, float output).
     """
     if mode not in RESIZE_MODES:
-        raise GenevalError(
-            f"unknown resize {mode!r}: choose one of {', '.join(RESIZE_MODES)}"
-        )
+        raise GenevalError(f"unknown resize {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
-        raise GenevalError(
-            f"bicubic resize needs uint8 N×3×H×W images, got {x.dtype} {tuple(x.shape)}"
-        )
+        raise GenevalError(f"bicubic resize needs uint8 N×3×H×W images, got {x.dtype} {tuple(x.shape)}")
     if mode == "torch":
-        return F.interpolate(
-            x.to(torch.float32), size=(size, size), mode="bicubic", antialias=True
-        )
+        return F.interpolate(x.to(torch.float32), size=(size, size), mode="bicubic", antialias=True)
     from PIL import Image
 
     arr = x.permute(0, 2, 3, 1).cpu().numpy()
-    out = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(a, "RGB").resize((size, size), Image.Resampling.BICUBIC)
-            )
-            for a in arr
-        ]
-    )
+    out = np.stack([np.asarray(Image.fromarray(a, "RGB").resize((size, size), Image.Resampling.BICUBIC)) for a in arr])
     return torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, torch.float32)
 
 
-def normalize(
-    x: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]
-) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
     """(x/255 − mean)/std per channel, in float32, the order EDM2 and torchvision apply it.
 
     Args:

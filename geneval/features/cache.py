@@ -36,8 +36,7 @@ class CacheKey:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def make_key(content_sha256: str, extractor: str, weights_sha256: str, mode: str, precision: str,
-             geneval_version: str | None = None) -> CacheKey:
+def make_key(content_sha256: str, extractor: str, weights_sha256: str, mode: str, precision: str, geneval_version: str | None = None) -> CacheKey:
     """Build a cache key; the geneval version defaults to the running one.
 
     Args:

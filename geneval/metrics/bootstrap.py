@@ -42,9 +42,7 @@ def percentile_interval(values: Any, ci: float = 0.95) -> tuple[float, float]:
     """
     if not 0.0 < ci < 1.0:
         raise GenevalError(f"--ci must be in (0, 1), e.g. 0.95; got {ci}")
-    lo, hi = np.quantile(
-        np.asarray(values, dtype=np.float64), [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0]
-    )
+    lo, hi = np.quantile(np.asarray(values, dtype=np.float64), [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
     return float(lo), float(hi)
 
 
@@ -55,9 +53,7 @@ def _draws(n: int, n_boot: int, seed: int) -> list[np.ndarray]:
     return [rng.integers(0, n, size=n) for _ in range(int(n_boot))]
 
 
-def bootstrap_fd_values(
-    sample: Any, ref: Any, draws: list[np.ndarray], device: str | torch.device = "cpu"
-) -> np.ndarray:
+def bootstrap_fd_values(sample: Any, ref: Any, draws: list[np.ndarray], device: str | torch.device = "cpu") -> np.ndarray:
     """FD of each resample (given as row-index draws) to fixed reference statistics, via count weights.
 
     Args:
@@ -70,17 +66,13 @@ def bootstrap_fd_values(
     n = x.shape[0]
     if n < 2:
         raise GenevalError(f"bootstrap FD needs at least 2 sample rows, got {n}")
-    ref_stats = (
-        ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
-    )
+    ref_stats = ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
     dist = FrechetToReference(ref_stats)
     center = x.mean(axis=0)
     xc = torch.from_numpy(x - center).to(device)
     out = np.empty(len(draws))
     for b, idx in enumerate(draws):
-        c = torch.from_numpy(np.bincount(idx, minlength=n).astype(np.float64)).to(
-            device
-        )
+        c = torch.from_numpy(np.bincount(idx, minlength=n).astype(np.float64)).to(device)
         m = (c @ xc) / n
         sigma = ((xc * c[:, None]).T @ xc - n * torch.outer(m, m)) / (n - 1)
         out[b] = dist(m.cpu().numpy() + center, sigma.cpu().numpy())
@@ -115,26 +107,20 @@ def bootstrap_ci(
     """
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
-        raise GenevalError(
-            f"no bootstrap for {', '.join(unknown)}: choose from {', '.join(METRICS)}"
-        )
+        raise GenevalError(f"no bootstrap for {', '.join(unknown)}: choose from {', '.join(METRICS)}")
     percentile_interval([0.0, 1.0], ci)  # validates ci before any work
     x = as_feature_matrix(sample, "bootstrap sample features")
     draws = _draws(x.shape[0], n_boot, seed)
     values: dict[str, list[float] | np.ndarray] = {}
     point: dict[str, float] = {}
     if "fd" in metrics:
-        ref_stats = (
-            ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
-        )
+        ref_stats = ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
         point["fd"] = FrechetToReference(ref_stats)(*_mean_cov(x))
         values["fd"] = bootstrap_fd_values(x, ref_stats, draws, device)
     wanted = [m for m in PRDC_METRICS if m in metrics]
     if wanted:
         if isinstance(ref, GaussianStats):
-            raise GenevalError(
-                "bootstrap of precision/recall/density/coverage needs reference feature rows, not statistics"
-            )
+            raise GenevalError("bootstrap of precision/recall/density/coverage needs reference feature rows, not statistics")
         r = as_feature_matrix(ref, "bootstrap reference features")
         point.update(_prdc(r, x, wanted, k_pr, k_dc, device))
         reps = [_prdc(r, x[idx], wanted, k_pr, k_dc, device) for idx in draws]
@@ -159,18 +145,12 @@ def _mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return s.mu, s.sigma
 
 
-def _prdc(
-    real: np.ndarray, fake: np.ndarray, wanted: list[str], k_pr: int, k_dc: int, device
-) -> dict[str, float]:
+def _prdc(real: np.ndarray, fake: np.ndarray, wanted: list[str], k_pr: int, k_dc: int, device) -> dict[str, float]:
     out: dict[str, float] = {}
     if "precision" in wanted or "recall" in wanted:
-        out["precision"], out["recall"] = precision_recall(
-            real, fake, k=k_pr, device=device
-        )
+        out["precision"], out["recall"] = precision_recall(real, fake, k=k_pr, device=device)
     if "density" in wanted or "coverage" in wanted:
-        out["density"], out["coverage"] = density_coverage(
-            real, fake, k=k_dc, device=device
-        )
+        out["density"], out["coverage"] = density_coverage(real, fake, k=k_dc, device=device)
     return {m: out[m] for m in wanted}
 
 

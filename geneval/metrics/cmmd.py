@@ -62,11 +62,7 @@ def mmd2(
     if not sigma > 0:
         raise GenevalError(f"CMMD bandwidth sigma must be positive, got {sigma}")
     gamma = 1.0 / (2.0 * float(sigma) ** 2)
-    return (
-        _kernel_mean(a, a, gamma, block_size)
-        + _kernel_mean(b, b, gamma, block_size)
-        - 2.0 * _kernel_mean(a, b, gamma, block_size)
-    )
+    return _kernel_mean(a, a, gamma, block_size) + _kernel_mean(b, b, gamma, block_size) - 2.0 * _kernel_mean(a, b, gamma, block_size)
 
 
 def cmmd(

@@ -54,8 +54,15 @@ class FeatureSet:
         known = {k: rows[k] for k in _LAYERS if rows.get(k) is not None}
         other = {k: v for k, v in rows.items() if k not in _LAYERS and v is not None}
         other_stats = {k: v for k, v in stats.items() if k not in ("pool3", "spatial")}
-        return cls(**known, pool3_stats=stats.get("pool3"), spatial_stats=stats.get("spatial"),
-                   n=None if (known or other) else n, extra=other, extra_stats=other_stats, **kw)
+        return cls(
+            **known,
+            pool3_stats=stats.get("pool3"),
+            spatial_stats=stats.get("spatial"),
+            n=None if (known or other) else n,
+            extra=other,
+            extra_stats=other_stats,
+            **kw,
+        )
 
     def __post_init__(self):
         counts = {name: _rows(getattr(self, name)) for name in _LAYERS if getattr(self, name) is not None}
@@ -167,9 +174,7 @@ class _Context:
                     raise GenevalError(f"{metric} needs at least 2 {which} images for a covariance, got {n}")
                 self._stats[key] = GaussianStats.from_features(fs.features(layer))
             else:
-                raise GenevalError(
-                    f"{metric} needs {layer} features or statistics of the {which}, which were not provided"
-                )
+                raise GenevalError(f"{metric} needs {layer} features or statistics of the {which}, which were not provided")
         return self._stats[key]
 
     def arrays(self, metric: str, layer: str) -> tuple[Any, Any]:
@@ -180,8 +185,7 @@ class _Context:
             if arr is None:
                 only = " (it provides only mu/sigma statistics)" if fs.given_stats(layer) is not None else ""
                 raise GenevalError(
-                    f"{metric} needs per-image {layer} features of the {which}{only}; "
-                    f"pass images or an ADM reference batch with arr_0"
+                    f"{metric} needs per-image {layer} features of the {which}{only}; pass images or an ADM reference batch with arr_0"
                 )
             out.append(arr)
         return out[0], out[1]
@@ -201,10 +205,7 @@ def frechet_metric(ctx: _Context, name: str, layer: str) -> MetricValue:
     warnings = []
     small = [f"{w} N={s.n}" for w, s in (("samples", a), ("reference", b)) if s.n is not None and s.n < a.dim]
     if small:
-        warnings.append(
-            f"{name} at N < {a.dim} feature dims ({', '.join(small)}) is biased; "
-            f"never compare {name.upper()}s computed at different N"
-        )
+        warnings.append(f"{name} at N < {a.dim} feature dims ({', '.join(small)}) is biased; never compare {name.upper()}s computed at different N")
     value = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
     ref_source = "statistics" if ctx.ref.given_stats(layer) is not None else "features"
     extra = {"n_ref": b.n, "dims": a.dim, "ref_source": ref_source, "route": "eigh", "warnings": warnings}
@@ -226,17 +227,18 @@ def _is(ctx: _Context) -> MetricValue:
     if logits is None and acc is not None and o.is_convention == "adm" and acc.chunk_size == o.is_chunk_size:
         mean, std = acc.score()
         n = int(acc.sums[:, 0].sum())
-        extra = {"convention": "adm", "chunk_size": o.is_chunk_size, "splits": int((acc.sums[:, 0] > 0).sum()),
-                 "std_ddof": 0, "streamed": "float64 chunk sums (no logits rows held)"}
+        extra = {
+            "convention": "adm",
+            "chunk_size": o.is_chunk_size,
+            "splits": int((acc.sums[:, 0] > 0).sum()),
+            "std_ddof": 0,
+            "streamed": "float64 chunk sums (no logits rows held)",
+        }
         extra["std_method"] = f"split-std-{extra['splits']}"
         return MetricValue("is", mean, std, n, extra)
     if logits is None:
-        raise GenevalError(
-            "is needs the samples' Inception logits, which need weights with the 1008-way classifier layer"
-        )
-    mean, std = inception_score(
-        logits, o.is_convention, splits=o.is_splits, chunk_size=o.is_chunk_size, seed=o.is_seed
-    )
+        raise GenevalError("is needs the samples' Inception logits, which need weights with the 1008-way classifier layer")
+    mean, std = inception_score(logits, o.is_convention, splits=o.is_splits, chunk_size=o.is_chunk_size, seed=o.is_seed)
     n = _rows(logits)
     if o.is_convention == "adm":
         extra = {"convention": "adm", "chunk_size": o.is_chunk_size, "splits": -(-n // o.is_chunk_size)}
@@ -252,11 +254,15 @@ def _kid(ctx: _Context) -> MetricValue:
     x, y = ctx.arrays("kid", "pool3")
     o = ctx.options
     m = resolve_subset_size(_rows(x), _rows(y), o.kid_subset_size)
-    mean, std = kernel_inception_distance(
-        x, y, subsets=o.kid_subsets, subset_size=m, seed=o.kid_seed, device=o.device
-    )
-    extra = {"subsets": o.kid_subsets, "subset_size": m, "seed": o.kid_seed, "n_ref": _rows(y), "std_ddof": 0,
-             "std_method": f"subset-std-{o.kid_subsets}"}
+    mean, std = kernel_inception_distance(x, y, subsets=o.kid_subsets, subset_size=m, seed=o.kid_seed, device=o.device)
+    extra = {
+        "subsets": o.kid_subsets,
+        "subset_size": m,
+        "seed": o.kid_seed,
+        "n_ref": _rows(y),
+        "std_ddof": 0,
+        "std_method": f"subset-std-{o.kid_subsets}",
+    }
     return MetricValue("kid", mean, std, _rows(x), extra)
 
 
@@ -284,26 +290,92 @@ _INCEPTION = ("inception",)
 # The feature metrics of the ADM / torch-fidelity recipes (REFERENCE §2): the registry entry is
 # the compute table (function, features, weights, minimum N).
 for _spec in (
-    MetricSpec("fid", False, ("pool3",), True, "fid", "Frechet distance of TF-Inception pool3 (2048-d) Gaussians",
-               stats_suffice=True, compute=_fid, weights=_INCEPTION),
-    MetricSpec("sfid", False, ("spatial",), True, "sfid",
-               "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)", stats_suffice=True,
-               compute=_sfid, weights=_INCEPTION),
-    MetricSpec("is", True, ("logits",), False, "is", "Inception Score: exp E KL(p(y|x) || p(y)) over 1008 unbiased logits",
-               compute=_is, weights=("inception-logits",)),
-    MetricSpec("kid", False, ("pool3",), True, "kid",
-               "Kernel Inception Distance: unbiased MMD^2, cubic polynomial kernel, subsets", compute=_kid,
-               weights=_INCEPTION),
-    MetricSpec("precision", True, ("pool3",), True, "pr",
-               "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)",
-               compute=lambda ctx: _pr(ctx, "precision"), min_n=_k_plus_one("pr_k"), weights=_INCEPTION),
-    MetricSpec("recall", True, ("pool3",), True, "pr", "Share of reference points inside the sample k-NN manifold",
-               compute=lambda ctx: _pr(ctx, "recall"), min_n=_k_plus_one("pr_k"), weights=_INCEPTION),
-    MetricSpec("density", True, ("pool3",), True, "dc",
-               "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)",
-               compute=lambda ctx: _dc(ctx, "density"), min_n=_k_plus_one("dc_k"), weights=_INCEPTION),
-    MetricSpec("coverage", True, ("pool3",), True, "dc", "Share of reference points whose k-NN ball holds a sample",
-               compute=lambda ctx: _dc(ctx, "coverage"), min_n=_k_plus_one("dc_k"), weights=_INCEPTION),
+    MetricSpec(
+        "fid",
+        False,
+        ("pool3",),
+        True,
+        "fid",
+        "Frechet distance of TF-Inception pool3 (2048-d) Gaussians",
+        stats_suffice=True,
+        compute=_fid,
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "sfid",
+        False,
+        ("spatial",),
+        True,
+        "sfid",
+        "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)",
+        stats_suffice=True,
+        compute=_sfid,
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "is",
+        True,
+        ("logits",),
+        False,
+        "is",
+        "Inception Score: exp E KL(p(y|x) || p(y)) over 1008 unbiased logits",
+        compute=_is,
+        weights=("inception-logits",),
+    ),
+    MetricSpec(
+        "kid",
+        False,
+        ("pool3",),
+        True,
+        "kid",
+        "Kernel Inception Distance: unbiased MMD^2, cubic polynomial kernel, subsets",
+        compute=_kid,
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "precision",
+        True,
+        ("pool3",),
+        True,
+        "pr",
+        "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)",
+        compute=lambda ctx: _pr(ctx, "precision"),
+        min_n=_k_plus_one("pr_k"),
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "recall",
+        True,
+        ("pool3",),
+        True,
+        "pr",
+        "Share of reference points inside the sample k-NN manifold",
+        compute=lambda ctx: _pr(ctx, "recall"),
+        min_n=_k_plus_one("pr_k"),
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "density",
+        True,
+        ("pool3",),
+        True,
+        "dc",
+        "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)",
+        compute=lambda ctx: _dc(ctx, "density"),
+        min_n=_k_plus_one("dc_k"),
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "coverage",
+        True,
+        ("pool3",),
+        True,
+        "dc",
+        "Share of reference points whose k-NN ball holds a sample",
+        compute=lambda ctx: _dc(ctx, "coverage"),
+        min_n=_k_plus_one("dc_k"),
+        weights=_INCEPTION,
+    ),
 ):
     register(_spec)
 del _spec

@@ -43,8 +43,14 @@ def _fid_inf(ctx: Any) -> Any:
     ref = ctx.stats("fid_inf", "reference", "pool3")
     out = fd_inf.fd_inf(x, ref, seed=ctx.options.kid_seed, device=ctx.options.device)
     extra = {k: out[k] for k in ("slope", "residual_rms", "r2") if k in out}
-    extra.update(n_points=len(out["n"]), subset_n=[int(v) for v in out["n"]], fd_n=[float(v) for v in out["fd_n"]],
-                 seed=ctx.options.kid_seed, n_ref=ref.n, fit="least squares FID_N = FID_inf + slope/N")
+    extra.update(
+        n_points=len(out["n"]),
+        subset_n=[int(v) for v in out["n"]],
+        fd_n=[float(v) for v in out["fd_n"]],
+        seed=ctx.options.kid_seed,
+        n_ref=ref.n,
+        fit="least squares FID_N = FID_inf + slope/N",
+    )
     return MetricValue("fid_inf", float(out["fd_inf"]), out.get("residual_rms"), len(x), extra)
 
 
@@ -67,26 +73,55 @@ def _fid_per_class(ctx: Any) -> Any:
     x, y = _rows(ctx, "samples", "fid_per_class"), _labels(ctx, "samples", "fid_per_class")
     r, ry = _rows(ctx, "reference", "fid_per_class"), _labels(ctx, "reference", "fid_per_class")
     out = per_class.fid_per_class(x, y, r, ry)
-    extra = {"per_class": {str(row["class"]): float(row["fd"]) for row in out["rows"]},
-             "worst_class": out["worst_class"], "worst": out["worst"],
-             "missing_in_ref": out["missing_in_ref"], "missing_in_sample": out["missing_in_sample"],
-             "value_is": "mean over classes"}
+    extra = {
+        "per_class": {str(row["class"]): float(row["fd"]) for row in out["rows"]},
+        "worst_class": out["worst_class"],
+        "worst": out["worst"],
+        "missing_in_ref": out["missing_in_ref"],
+        "missing_in_sample": out["missing_in_sample"],
+        "value_is": "mean over classes",
+    }
     return MetricValue("fid_per_class", float(out["mean"]), None, len(x), extra)
 
 
 for _spec in (
-    MetricSpec("fid_inf", False, ("pool3",), True, "fid_inf",
-               "FID extrapolated to N=inf: intercept of FID_N vs 1/N over 15 seeded subsets (Chong & Forsyth 2020)",
-               compute=_fid_inf, min_n=fd_inf.MIN_N, weights=_INCEPTION),
-    MetricSpec("vendi", True, ("pool3",), False, "vendi",
-               "Vendi diversity score: exp entropy of the eigenvalues of K/n, linear kernel on L2-normalised features",
-               compute=_vendi, min_n=1, weights=_INCEPTION),
-    MetricSpec("fid_per_class", False, ("pool3",), True, "fid_per_class",
-               "FID of each class's samples vs that class's reference images; value = mean, extra = rows and worst",
-               compute=_fid_per_class, min_n=2 * per_class.MIN_PER_CLASS, weights=_INCEPTION),
+    MetricSpec(
+        "fid_inf",
+        False,
+        ("pool3",),
+        True,
+        "fid_inf",
+        "FID extrapolated to N=inf: intercept of FID_N vs 1/N over 15 seeded subsets (Chong & Forsyth 2020)",
+        compute=_fid_inf,
+        min_n=fd_inf.MIN_N,
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "vendi",
+        True,
+        ("pool3",),
+        False,
+        "vendi",
+        "Vendi diversity score: exp entropy of the eigenvalues of K/n, linear kernel on L2-normalised features",
+        compute=_vendi,
+        min_n=1,
+        weights=_INCEPTION,
+    ),
+    MetricSpec(
+        "fid_per_class",
+        False,
+        ("pool3",),
+        True,
+        "fid_per_class",
+        "FID of each class's samples vs that class's reference images; value = mean, extra = rows and worst",
+        compute=_fid_per_class,
+        min_n=2 * per_class.MIN_PER_CLASS,
+        weights=_INCEPTION,
+    ),
 ):
     register(_spec)
 del _spec
+
 
 def _fd_on(layer: str, name: str):
     def compute(ctx: Any) -> Any:
@@ -103,26 +138,63 @@ def _cmmd(ctx: Any) -> Any:
 
     x, y = ctx.arrays("cmmd", "clip_embed")
     value = cmmd.cmmd(x, y, device=ctx.options.device)
-    extra = {"sigma": cmmd.SIGMA, "scale": cmmd.SCALE, "estimator": "biased MMD^2, Gaussian RBF (google-research/cmmd)",
-             "n_ref": len(y), "features": "clip_embed (CLIP ViT-L/14@336, L2-normalised)"}
+    extra = {
+        "sigma": cmmd.SIGMA,
+        "scale": cmmd.SCALE,
+        "estimator": "biased MMD^2, Gaussian RBF (google-research/cmmd)",
+        "n_ref": len(y),
+        "features": "clip_embed (CLIP ViT-L/14@336, L2-normalised)",
+    }
     return MetricValue("cmmd", value, None, len(x), extra)
 
 
 # Other feature spaces (issue 14): one FD per registered network, and CMMD on CLIP embeddings.
 # `weights` names the feature network each needs; the run/eval preflight checks its weight file.
 for _spec in (
-    MetricSpec("fd_dinov2", False, ("dinov2_cls",), True, "fd_dinov2",
-               "Frechet distance of DINOv2 ViT-L/14 CLS features (dgm-eval / EDM2 FD-DINOv2)", stats_suffice=True,
-               compute=_fd_on("dinov2_cls", "fd_dinov2"), weights=("dinov2",)),
-    MetricSpec("fd_dinov2_b14", False, ("dinov2_b14_cls",), True, "fd_dinov2_b14",
-               "Frechet distance of DINOv2 ViT-B/14 CLS features", stats_suffice=True,
-               compute=_fd_on("dinov2_b14_cls", "fd_dinov2_b14"), weights=("dinov2-b14",)),
-    MetricSpec("fd_clip", False, ("clip_embed",), True, "fd_clip",
-               "Frechet distance of CLIP ViT-L/14@336 image embeddings", stats_suffice=True,
-               compute=_fd_on("clip_embed", "fd_clip"), weights=("clip",)),
-    MetricSpec("cmmd", False, ("clip_embed",), True, "cmmd",
-               "CMMD: 1000 x biased MMD^2 with a Gaussian RBF (sigma 10) on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
-               compute=_cmmd, min_n=2, weights=("clip",)),
+    MetricSpec(
+        "fd_dinov2",
+        False,
+        ("dinov2_cls",),
+        True,
+        "fd_dinov2",
+        "Frechet distance of DINOv2 ViT-L/14 CLS features (dgm-eval / EDM2 FD-DINOv2)",
+        stats_suffice=True,
+        compute=_fd_on("dinov2_cls", "fd_dinov2"),
+        weights=("dinov2",),
+    ),
+    MetricSpec(
+        "fd_dinov2_b14",
+        False,
+        ("dinov2_b14_cls",),
+        True,
+        "fd_dinov2_b14",
+        "Frechet distance of DINOv2 ViT-B/14 CLS features",
+        stats_suffice=True,
+        compute=_fd_on("dinov2_b14_cls", "fd_dinov2_b14"),
+        weights=("dinov2-b14",),
+    ),
+    MetricSpec(
+        "fd_clip",
+        False,
+        ("clip_embed",),
+        True,
+        "fd_clip",
+        "Frechet distance of CLIP ViT-L/14@336 image embeddings",
+        stats_suffice=True,
+        compute=_fd_on("clip_embed", "fd_clip"),
+        weights=("clip",),
+    ),
+    MetricSpec(
+        "cmmd",
+        False,
+        ("clip_embed",),
+        True,
+        "cmmd",
+        "CMMD: 1000 x biased MMD^2 with a Gaussian RBF (sigma 10) on CLIP ViT-L/14@336 embeddings (Jayasumana et al. 2024)",
+        compute=_cmmd,
+        min_n=2,
+        weights=("clip",),
+    ),
 ):
     register(_spec)
 del _spec
@@ -151,9 +223,15 @@ def attach_intervals(values: list[Any], ctx: Any, ci: float, n_boot: int, seed: 
     if ref is None:
         raise GenevalError("--ci for precision/recall/density/coverage needs per-image reference features")
     o = ctx.options
-    out = bootstrap.bootstrap_ci(x, ref, metrics=names, n_boot=n_boot, ci=ci, seed=seed, k_pr=o.pr_k, k_dc=o.dc_k,
-                                 device=o.device)
+    out = bootstrap.bootstrap_ci(x, ref, metrics=names, n_boot=n_boot, ci=ci, seed=seed, k_pr=o.pr_k, k_dc=o.dc_k, device=o.device)
     for v, name in zip(wanted, names):
         r = out[name]
-        v.extra.update(ci=ci, ci_lo=float(r["lo"]), ci_hi=float(r["hi"]), ci_std=float(r["std"]), ci_n_boot=n_boot,
-                       ci_seed=seed, ci_method="percentile bootstrap over sample rows (reference held fixed)")
+        v.extra.update(
+            ci=ci,
+            ci_lo=float(r["lo"]),
+            ci_hi=float(r["hi"]),
+            ci_std=float(r["std"]),
+            ci_n_boot=n_boot,
+            ci_seed=seed,
+            ci_method="percentile bootstrap over sample rows (reference held fixed)",
+        )

@@ -42,18 +42,11 @@ class FrechetToReference:
         mu = np.asarray(mu, dtype=np.float64)
         sigma = np.asarray(sigma, dtype=np.float64)
         if mu.shape != self.ref.mu.shape or sigma.shape != self.ref.sigma.shape:
-            raise GenevalError(
-                f"FD: statistics of dim {mu.shape[-1]} against a reference of dim {self.ref.dim}"
-            )
+            raise GenevalError(f"FD: statistics of dim {mu.shape[-1]} against a reference of dim {self.ref.dim}")
         m = self._a @ sigma @ self._a
         lam = np.linalg.eigvalsh(0.5 * (m + m.T))
         diff = mu - self.ref.mu
-        return float(
-            diff @ diff
-            + np.trace(sigma)
-            + self._tr_ref
-            - 2.0 * np.sqrt(np.clip(lam, 0.0, None)).sum()
-        )
+        return float(diff @ diff + np.trace(sigma) + self._tr_ref - 2.0 * np.sqrt(np.clip(lam, 0.0, None)).sum())
 
 
 def fd(sample: Any, ref: Any) -> float:
@@ -63,11 +56,7 @@ def fd(sample: Any, ref: Any) -> float:
         sample: (N, d) sample features or their GaussianStats.
         ref: (M, d) reference features or their GaussianStats.
     """
-    a = (
-        sample
-        if isinstance(sample, GaussianStats)
-        else GaussianStats.from_features(sample)
-    )
+    a = sample if isinstance(sample, GaussianStats) else GaussianStats.from_features(sample)
     b = ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
     return fid_from_stats(a, b)
 

@@ -40,9 +40,7 @@ def subset_sizes(n_rows: int, n_points: int = N_POINTS) -> np.ndarray:
     lo = hi * PAPER_N[0] // PAPER_N[1]
     ns = np.unique(np.linspace(lo, hi, n_points).astype(np.int64))
     if len(ns) < 3 or lo < 2:
-        raise GenevalError(
-            f"FD∞ needs at least {MIN_N} sample rows for distinct subset sizes, got {n_rows}"
-        )
+        raise GenevalError(f"FD∞ needs at least {MIN_N} sample rows for distinct subset sizes, got {n_rows}")
     return ns
 
 
@@ -76,9 +74,7 @@ def fd_inf(
     x = as_feature_matrix(sample, "FD∞ sample features")
     if x.shape[0] < MIN_N:
         raise GenevalError(f"FD∞ needs at least {MIN_N} sample rows, got {x.shape[0]}")
-    ref_stats = (
-        ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
-    )
+    ref_stats = ref if isinstance(ref, GaussianStats) else GaussianStats.from_features(ref)
     dist = FrechetToReference(ref_stats)
     ns = subset_sizes(x.shape[0], n_points)
     rng = np.random.default_rng(seed)

@@ -60,8 +60,9 @@ def load_backbone_state(pnet: nn.Module, tv_state: dict[str, torch.Tensor], wher
     pnet.load_state_dict(mapped, strict=True)
 
 
-def build_lpips(net: str = "alex", backbone: str | Path | None = None, random_backbone: bool = False,
-                device: torch.device | str = "cpu", seed: int = 0) -> nn.Module:
+def build_lpips(
+    net: str = "alex", backbone: str | Path | None = None, random_backbone: bool = False, device: torch.device | str = "cpu", seed: int = 0
+) -> nn.Module:
     """A frozen lpips.LPIPS (v0.1 heads) with its torchvision backbone loaded from a resolved file.
 
     Args:
@@ -122,15 +123,17 @@ def lpips_distance(model: nn.Module, x: Any, y: Any, batch_size: int = 64) -> np
     device = next(model.parameters()).device
     out = []
     for s in range(0, len(x), batch_size):
-        a, b = _to_pm1(x[s:s + batch_size], device), _to_pm1(y[s:s + batch_size], device)
+        a, b = _to_pm1(x[s : s + batch_size], device), _to_pm1(y[s : s + batch_size], device)
         try:
             out.append(model(a, b).flatten().double().cpu())
         except RuntimeError as e:
             if "too small" not in str(e):
                 raise
             # AlexNet's stride-4 stem and two pools need about 31 px per side.
-            raise GenevalError(f"images of {a.shape[2]}x{a.shape[3]} are too small for the LPIPS "
-                               f"{getattr(model, 'pnet_type', '')} backbone; pad or resize them (alex needs >= 31 px)") from None
+            raise GenevalError(
+                f"images of {a.shape[2]}x{a.shape[3]} are too small for the LPIPS "
+                f"{getattr(model, 'pnet_type', '')} backbone; pad or resize them (alex needs >= 31 px)"
+            ) from None
     return torch.cat(out).numpy() if out else np.zeros(0)
 
 
@@ -177,8 +180,15 @@ class LpipsDiversity:
     skipped_classes: list[int] = field(default_factory=list)
 
 
-def lpips_diversity(images: np.ndarray, labels: np.ndarray | None, model: nn.Module, net: str,
-                    pairs_per_class: int = DEFAULT_PAIRS_PER_CLASS, seed: int = 0, batch_size: int = 64) -> LpipsDiversity:
+def lpips_diversity(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    model: nn.Module,
+    net: str,
+    pairs_per_class: int = DEFAULT_PAIRS_PER_CLASS,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> LpipsDiversity:
     """Sample diversity: mean LPIPS between random pairs of images of the same class.
 
     Args:
@@ -206,26 +216,31 @@ def lpips_diversity(images: np.ndarray, labels: np.ndarray | None, model: nn.Mod
     d = lpips_distance(model, images[allp[:, 0]], images[allp[:, 1]], batch_size)
     per_class, start = {}, 0
     for c, p in pairs.items():
-        per_class[c] = float(d[start:start + len(p)].mean())
+        per_class[c] = float(d[start : start + len(p)].mean())
         start += len(p)
     means = np.array(list(per_class.values()))
     skipped = sorted(int(c) for c in np.unique(lab) if int(c) not in pairs)
-    return LpipsDiversity(float(means.mean()), float(means.std()), len(allp), pairs_per_class, seed, net,
-                          per_class, skipped)
+    return LpipsDiversity(float(means.mean()), float(means.std()), len(allp), pairs_per_class, seed, net, per_class, skipped)
 
 
 for _spec in (
     MetricSpec("lpips", False, (), True, "lpips", "LPIPS (v0.1) between originals and reconstructions, per image, mean"),
-    MetricSpec("lpips_div", True, (), False, "lpips_div",
-               "Sample diversity: mean LPIPS between random same-class sample pairs"),
+    MetricSpec("lpips_div", True, (), False, "lpips_div", "Sample diversity: mean LPIPS between random same-class sample pairs"),
 ):
     register(_spec)
 del _spec
 
 
-def lpips_div(images: np.ndarray, labels: np.ndarray | None = None, net: str = "alex", backbone: str | Path | None = None,
-              pairs_per_class: int = DEFAULT_PAIRS_PER_CLASS, seed: int = 0, device: torch.device | str = "cpu",
-              batch_size: int = 64) -> LpipsDiversity:
+def lpips_div(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    net: str = "alex",
+    backbone: str | Path | None = None,
+    pairs_per_class: int = DEFAULT_PAIRS_PER_CLASS,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> LpipsDiversity:
     """`lpips_div` for pipelines: resolve the backbone (MissingWeightsError if absent), build LPIPS, score diversity.
 
     Args:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from geneval.errors import GenevalError
-from geneval.metrics.prdc import _blocks, _full_fp32_matmul, _pair, knn_radii
+from geneval.metrics.prdc import distance_blocks, full_fp32_matmul, as_pair, knn_radii
 
 
 def nearest_train(
@@ -39,11 +39,11 @@ def nearest_train(
         device: where to compute (default: CPU for numpy input).
         dtype: float32 (dgm-eval's) or float64.
     """
-    t, s = _pair(train, sample, device, dtype, 1, block_size)
+    t, s = as_pair(train, sample, device, dtype, 1, block_size)
     best = torch.full((s.shape[0],), float("inf"), dtype=dtype, device=t.device)
     arg = torch.zeros(s.shape[0], dtype=torch.int64, device=t.device)
-    with torch.no_grad(), _full_fp32_matmul():
-        for rows, cols, d in _blocks(t, s, block_size):
+    with torch.no_grad(), full_fp32_matmul():
+        for rows, cols, d in distance_blocks(t, s, block_size):
             v, i = d.min(dim=0)
             better = v < best[cols]
             best[cols] = torch.where(better, v, best[cols])
@@ -69,17 +69,13 @@ def memorization(
         dtype: float32 (as dgm-eval) or float64.
         n_closest: how many of the closest samples (index, train index, distance) to list.
     """
-    t, s = _pair(train, sample, device, dtype, 1, block_size)
+    t, s = as_pair(train, sample, device, dtype, 1, block_size)
     if t.shape[0] < 2:
         raise GenevalError(f"AuthPct needs at least 2 training rows, got {t.shape[0]}")
     d2, nn = nearest_train(t, s, block_size, t.device, dtype)
-    with torch.no_grad(), _full_fp32_matmul():
-        train_r2 = knn_radii(
-            t, 1, block_size
-        )  # each training row's nearest other training row
-    authentic = (
-        d2 > train_r2[nn]
-    )  # squared distances keep the order of dgm-eval's cdist comparison
+    with torch.no_grad(), full_fp32_matmul():
+        train_r2 = knn_radii(t, 1, block_size)  # each training row's nearest other training row
+    authentic = d2 > train_r2[nn]  # squared distances keep the order of dgm-eval's cdist comparison
     dist = d2.clamp_min(0).sqrt().double().cpu().numpy()
     order = np.argsort(dist, kind="stable")[:n_closest]
     nn_np = nn.cpu().numpy()
@@ -91,10 +87,7 @@ def memorization(
         "nn_dist_median": float(np.median(dist)),
         "nn_dist_mean": float(dist.mean()),
         "train_nn_dist_median": float(train_r2.clamp_min(0).sqrt().double().median()),
-        "closest": [
-            {"sample": int(i), "train": int(nn_np[i]), "dist": float(dist[i])}
-            for i in order
-        ],
+        "closest": [{"sample": int(i), "train": int(nn_np[i]), "dist": float(dist[i])} for i in order],
     }
 
 

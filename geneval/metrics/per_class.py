@@ -25,9 +25,7 @@ from geneval.metrics.stats import GaussianStats, as_feature_matrix
 MIN_PER_CLASS = 2
 
 
-def class_stats(
-    feats: Any, labels: Any, what: str = "features"
-) -> dict[int, GaussianStats]:
+def class_stats(feats: Any, labels: Any, what: str = "features") -> dict[int, GaussianStats]:
     """GaussianStats of each class's rows (classes with fewer than 2 rows are left out).
 
     Args:
@@ -39,16 +37,10 @@ def class_stats(
     y = np.asarray(labels).reshape(-1)
     if y.shape[0] != x.shape[0]:
         raise GenevalError(f"{what}: {x.shape[0]} rows but {y.shape[0]} labels")
-    return {
-        int(c): GaussianStats.from_features(x[y == c])
-        for c in np.unique(y)
-        if (y == c).sum() >= MIN_PER_CLASS
-    }
+    return {int(c): GaussianStats.from_features(x[y == c]) for c in np.unique(y) if (y == c).sum() >= MIN_PER_CLASS}
 
 
-def fd_per_class_from_stats(
-    sample: Mapping[int, GaussianStats], ref: Mapping[int, GaussianStats]
-) -> dict[str, Any]:
+def fd_per_class_from_stats(sample: Mapping[int, GaussianStats], ref: Mapping[int, GaussianStats]) -> dict[str, Any]:
     """Per-class FD from per-class statistics (e.g. merged per-class accumulators).
 
     Args:
@@ -81,9 +73,7 @@ def fd_per_class_from_stats(
     }
 
 
-def fid_per_class(
-    sample: Any, sample_labels: Any, ref: Any, ref_labels: Any
-) -> dict[str, Any]:
+def fid_per_class(sample: Any, sample_labels: Any, ref: Any, ref_labels: Any) -> dict[str, Any]:
     """Per-class FD of labelled samples against a labelled reference: rows, mean and worst class.
 
     Args:

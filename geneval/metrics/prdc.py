@@ -38,7 +38,7 @@ def _as_tensor(x: Any, what: str, device: str | torch.device | None, dtype: torc
     return t
 
 
-def _pair(real: Any, fake: Any, device, dtype, k: int, block_size: int):
+def as_pair(real: Any, fake: Any, device, dtype, k: int, block_size: int):
     if dtype not in (torch.float32, torch.float64):
         raise GenevalError(f"k-NN distances run in float32 or float64, got {dtype}")
     if block_size < 1:
@@ -53,7 +53,7 @@ def _pair(real: Any, fake: Any, device, dtype, k: int, block_size: int):
 
 
 @contextmanager
-def _full_fp32_matmul():
+def full_fp32_matmul():
     """Scoped: keep float32 matmuls in full precision; TF32 (~1e-3) would move points across radii."""
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -63,7 +63,7 @@ def _full_fp32_matmul():
         torch.set_float32_matmul_precision(old)
 
 
-def _blocks(a: torch.Tensor, b: torch.Tensor, block_size: int) -> Iterator[tuple[slice, slice, torch.Tensor]]:
+def distance_blocks(a: torch.Tensor, b: torch.Tensor, block_size: int) -> Iterator[tuple[slice, slice, torch.Tensor]]:
     """Yield (rows, cols, squared distances) over all row × column blocks of a against b."""
     na = (a * a).sum(dim=1)
     nb = (b * b).sum(dim=1)
@@ -90,7 +90,7 @@ def knn_radii(x: torch.Tensor, k: int, block_size: int = 10000) -> torch.Tensor:
     cur_rows: slice | None = None
     out = torch.empty(n, dtype=x.dtype, device=x.device)
     # The point itself (distance ~0) is among the k+1 smallest, so index k is the k-th neighbour.
-    for rows, _cols, d in _blocks(x, x, block_size):
+    for rows, _cols, d in distance_blocks(x, x, block_size):
         if rows != cur_rows:
             best = torch.empty(rows.stop - rows.start, 0, dtype=x.dtype, device=x.device)
             cur_rows = rows
@@ -119,13 +119,13 @@ def precision_recall(
         device: where to compute; default the features' device (CPU for numpy).
         dtype: float32 (default) or float64 distances.
     """
-    r, f = _pair(real, fake, device, dtype, k, block_size)
-    with torch.no_grad(), _full_fp32_matmul():
+    r, f = as_pair(real, fake, device, dtype, k, block_size)
+    with torch.no_grad(), full_fp32_matmul():
         r_real = knn_radii(r, k, block_size)
         r_fake = knn_radii(f, k, block_size)
         fake_in_real = torch.zeros(f.shape[0], dtype=torch.bool, device=r.device)
         real_in_fake = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
-        for rows, cols, d in _blocks(r, f, block_size):
+        for rows, cols, d in distance_blocks(r, f, block_size):
             fake_in_real[cols] |= (d <= r_real[rows, None]).any(dim=0)
             real_in_fake[rows] |= (d <= r_fake[None, cols]).any(dim=1)
     return float(fake_in_real.double().mean()), float(real_in_fake.double().mean())
@@ -152,12 +152,12 @@ def density_coverage(
         device: where to compute; default the features' device (CPU for numpy).
         dtype: float32 (default) or float64 distances.
     """
-    r, f = _pair(real, fake, device, dtype, k, block_size)
-    with torch.no_grad(), _full_fp32_matmul():
+    r, f = as_pair(real, fake, device, dtype, k, block_size)
+    with torch.no_grad(), full_fp32_matmul():
         r_real = knn_radii(r, k, block_size)
         counts = torch.zeros(f.shape[0], dtype=torch.int64, device=r.device)
         covered = torch.zeros(r.shape[0], dtype=torch.bool, device=r.device)
-        for rows, cols, d in _blocks(r, f, block_size):
+        for rows, cols, d in distance_blocks(r, f, block_size):
             inside = d <= r_real[rows, None]
             counts[cols] += inside.sum(dim=0)
             covered[rows] |= inside.any(dim=1)

@@ -67,8 +67,9 @@ def ssim_per_image(originals: Any, recons: Any, data_range: float = 1.0) -> np.n
     a, b = _pair(originals, recons, "SSIM")
     if min(a.shape[-2:]) < SSIM_WIN:
         raise GenevalError(f"SSIM needs images of at least {SSIM_WIN}x{SSIM_WIN} pixels, got {tuple(a.shape[-2:])}")
-    _, full = structural_similarity_index_measure(b, a, gaussian_kernel=True, sigma=SSIM_SIGMA, data_range=data_range,
-                                                   reduction="none", return_full_image=True)
+    _, full = structural_similarity_index_measure(
+        b, a, gaussian_kernel=True, sigma=SSIM_SIGMA, data_range=data_range, reduction="none", return_full_image=True
+    )
     pad = (SSIM_WIN - 1) // 2
     return full[..., pad:-pad, pad:-pad].flatten(1).mean(1).cpu().numpy().astype(np.float64)
 
@@ -102,8 +103,7 @@ def summarize(values: np.ndarray) -> Summary:
     fin = v[np.isfinite(v)]
     n_inf = int(v.size - fin.size)
     mean = float("inf") if n_inf else float(v.mean())
-    return Summary(mean, float(fin.std()) if fin.size >= 2 else None, int(v.size), n_inf,
-                   float(fin.mean()) if fin.size else None)
+    return Summary(mean, float(fin.std()) if fin.size >= 2 else None, int(v.size), n_inf, float(fin.mean()) if fin.size else None)
 
 
 class ChannelMoments:
@@ -191,8 +191,7 @@ RECON_METRICS = (
     MetricSpec("rfid", False, ("pool3",), True, "rfid", "FID between originals and their reconstructions (pool3)"),
     MetricSpec("rsfid", False, ("spatial",), True, "rsfid", "sFID between originals and their reconstructions (spatial)"),
     # Latent statistics describe the latent space; they have no better direction (None).
-    MetricSpec("latent_scale", None, (), False, "latent",
-               "1/std of all latent values: the scale factor LDM's scale_by_std would pick"),
+    MetricSpec("latent_scale", None, (), False, "latent", "1/std of all latent values: the scale factor LDM's scale_by_std would pick"),
     MetricSpec("latent_std", None, (), False, "latent", "std of all latent values (per-channel values in extra)"),
     MetricSpec("latent_mean", None, (), False, "latent", "mean of all latent values (per-channel values in extra)"),
     MetricSpec("codebook_perplexity", True, (), False, "codebook", "exp(entropy) of VQ code use; K is uniform, 1 collapsed"),

@@ -31,9 +31,7 @@ class GaussianStats:
         mu = np.asarray(self.mu, dtype=np.float64)
         sigma = np.asarray(self.sigma, dtype=np.float64)
         if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-            raise GenevalError(
-                f"Gaussian statistics need mu (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}"
-            )
+            raise GenevalError(f"Gaussian statistics need mu (d,) and sigma (d, d); got {mu.shape} and {sigma.shape}")
         object.__setattr__(self, "mu", mu)
         object.__setattr__(self, "sigma", sigma)
 

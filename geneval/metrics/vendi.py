@@ -20,9 +20,7 @@ from geneval.metrics.stats import as_feature_matrix
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise GenevalError(
-            f"Vendi: {int((norms == 0).sum())} feature rows are all zero and cannot be L2-normalised"
-        )
+        raise GenevalError(f"Vendi: {int((norms == 0).sum())} feature rows are all zero and cannot be L2-normalised")
     return x / norms
 
 

@@ -44,17 +44,14 @@ AE_PRESETS: dict[str, AEConfig] = {
     "sd-vae": AEConfig(kind="kl", scale_factor=0.18215, **_SD),
     "kl-f8": AEConfig(kind="kl", **_SD),
     "kl-f4": AEConfig(kind="kl", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3),
-    "kl-f16": AEConfig(kind="kl", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
-                       z_channels=16, embed_dim=16),
-    "kl-f32": AEConfig(kind="kl", ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16, 8),
-                       z_channels=64, embed_dim=64),
+    "kl-f16": AEConfig(kind="kl", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=16, embed_dim=16),
+    "kl-f32": AEConfig(kind="kl", ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16, 8), z_channels=64, embed_dim=64),
     "vq-f4": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3, n_embed=8192),
-    "vq-f4-noattn": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3,
-                             n_embed=8192, attn_type="none"),
-    "vq-f8": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(32,),
-                      z_channels=4, embed_dim=4, n_embed=16384),
-    "vq-f16": AEConfig(kind="vq", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
-                       z_channels=8, embed_dim=8, n_embed=16384),
+    "vq-f4-noattn": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z_channels=3, embed_dim=3, n_embed=8192, attn_type="none"),
+    "vq-f8": AEConfig(kind="vq", ch=128, ch_mult=(1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(32,), z_channels=4, embed_dim=4, n_embed=16384),
+    "vq-f16": AEConfig(
+        kind="vq", ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,), z_channels=8, embed_dim=8, n_embed=16384
+    ),
 }
 
 
@@ -85,8 +82,8 @@ class LoadedAE:
 
 # ---------------------------------------------------------------- native format
 
-def save_native_autoencoder(model: nn.Module, out: str | os.PathLike, training: dict[str, Any] | None = None,
-                            name: str | None = None) -> Path:
+
+def save_native_autoencoder(model: nn.Module, out: str | os.PathLike, training: dict[str, Any] | None = None, name: str | None = None) -> Path:
     """Write `model` as a native folder: config.json (shape + training record) and model.safetensors.
 
     Args:
@@ -108,9 +105,14 @@ def save_native_autoencoder(model: nn.Module, out: str | os.PathLike, training: 
     os.replace(tmp, out / "model.safetensors")
     import hashlib
 
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name or out.name,
-           "config": model.config.to_dict(), "weights_sha256": hashlib.sha256(data).hexdigest(),
-           "training": training or {}}
+    doc = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or out.name,
+        "config": model.config.to_dict(),
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
+        "training": training or {},
+    }
     atomic_write_text(out / "config.json", json.dumps(doc, indent=2) + "\n")
     os.chmod(out / "config.json", 0o644)  # mkstemp makes 0600; shipped files are world-readable
     return out
@@ -127,6 +129,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- shape (config) sources
+
 
 def resolve_ae_config(config: str | os.PathLike | AEConfig | None) -> tuple[AEConfig | None, str]:
     """An AEConfig from a preset name, an LDM YAML, a JSON file, or None (infer from the weights).
@@ -190,8 +193,18 @@ def config_from_ldm_yaml(path: str | os.PathLike) -> AEConfig:
 
 
 # First-stage (VQModel / VQModelInterface / AutoencoderKL) params that do not change inference.
-_FIRST_STAGE_INERT = ("monitor", "ckpt_path", "ignore_keys", "image_key", "lossconfig", "scheduler_config",
-                      "lr_g_factor", "batch_resize_range", "sane_index_shape", "base_learning_rate")
+_FIRST_STAGE_INERT = (
+    "monitor",
+    "ckpt_path",
+    "ignore_keys",
+    "image_key",
+    "lossconfig",
+    "scheduler_config",
+    "lr_g_factor",
+    "batch_resize_range",
+    "sane_index_shape",
+    "base_learning_rate",
+)
 # Params accepted only at the value that leaves inference unchanged.
 _FIRST_STAGE_DEFAULTS = {"colorize_nlabels": None, "remap": None, "use_ema": False}
 
@@ -221,8 +234,9 @@ def first_stage_config(target: str, params: dict[str, Any], scale: Any = None, w
     if not isinstance(dd, dict) or "embed_dim" not in params:
         raise GenevalError(f"{where}: first-stage params lack ddconfig or embed_dim")
     try:
-        return AEConfig.from_ddconfig(dd, params["embed_dim"], kind=kind, n_embed=params.get("n_embed"),
-                                      scale_factor=None if scale is None else float(scale))
+        return AEConfig.from_ddconfig(
+            dd, params["embed_dim"], kind=kind, n_embed=params.get("n_embed"), scale_factor=None if scale is None else float(scale)
+        )
     except GenevalError as e:
         raise GenevalError(f"{where}: {e}") from None
 
@@ -239,24 +253,34 @@ def infer_config(sd: dict[str, torch.Tensor], resolution: int = 256) -> AEConfig
         levels = sorted({int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
         blocks = {int(m.group(1)) for k in sd if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))}
         ch_mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // int(ch) for i in levels)
-        attn = tuple(resolution // 2 ** i for i in levels if any(k.startswith(f"encoder.down.{i}.attn.") for k in sd))
+        attn = tuple(resolution // 2**i for i in levels if any(k.startswith(f"encoder.down.{i}.attn.") for k in sd))
         kind = "vq" if "quantize.embedding.weight" in sd else "kl"
         # attn_type none leaves no tensors at all (attn_resolutions cannot be recovered then, nor is it needed).
-        attn_type = ("linear" if "encoder.mid.attn_1.to_qkv.weight" in sd
-                     else "vanilla" if "encoder.mid.attn_1.q.weight" in sd else "none")
+        attn_type = "linear" if "encoder.mid.attn_1.to_qkv.weight" in sd else "vanilla" if "encoder.mid.attn_1.q.weight" in sd else "none"
         resamp = len(levels) < 2 or "encoder.down.0.downsample.conv.weight" in sd
-        return AEConfig(kind=kind, ch=int(ch), ch_mult=ch_mult, num_res_blocks=len(blocks), attn_resolutions=attn,
-                        in_channels=int(in_channels), out_ch=int(sd["decoder.conv_out.weight"].shape[0]),
-                        resolution=resolution, z_channels=int(sd["decoder.conv_in.weight"].shape[1]),
-                        embed_dim=int(sd["post_quant_conv.weight"].shape[1]),
-                        n_embed=int(sd["quantize.embedding.weight"].shape[0]) if kind == "vq" else None,
-                        attn_type=attn_type, resamp_with_conv=resamp)
+        return AEConfig(
+            kind=kind,
+            ch=int(ch),
+            ch_mult=ch_mult,
+            num_res_blocks=len(blocks),
+            attn_resolutions=attn,
+            in_channels=int(in_channels),
+            out_ch=int(sd["decoder.conv_out.weight"].shape[0]),
+            resolution=resolution,
+            z_channels=int(sd["decoder.conv_in.weight"].shape[1]),
+            embed_dim=int(sd["post_quant_conv.weight"].shape[1]),
+            n_embed=int(sd["quantize.embedding.weight"].shape[0]) if kind == "vq" else None,
+            attn_type=attn_type,
+            resamp_with_conv=resamp,
+        )
     except KeyError as e:
-        raise GenevalError(f"cannot infer the autoencoder shape: tensor {e} is missing; pass a config "
-                           f"(--ae-config preset, LDM YAML or JSON)") from None
+        raise GenevalError(
+            f"cannot infer the autoencoder shape: tensor {e} is missing; pass a config (--ae-config preset, LDM YAML or JSON)"
+        ) from None
 
 
 # ---------------------------------------------------------------- state dicts
+
 
 def describe_tensors(sd: dict[str, Any]) -> str:
     """One line on what a state dict holds: tensor count, top-level prefixes, a guess at its kind."""
@@ -295,7 +319,7 @@ def extract_first_stage(raw: dict[str, Any], where: str) -> tuple[dict[str, torc
     info: dict[str, Any] = {}
     if any(k.startswith(LDM_PREFIX) for k in tensors):
         info["format"] = "ldm"
-        ae = {k[len(LDM_PREFIX):]: v for k, v in tensors.items() if k.startswith(LDM_PREFIX)}
+        ae = {k[len(LDM_PREFIX) :]: v for k, v in tensors.items() if k.startswith(LDM_PREFIX)}
         info["ignored_other_tensors"] = len(tensors) - len(ae)  # UNet, conditioner, EMA: not ours
         if "scale_factor" in tensors and tensors["scale_factor"].numel() == 1:
             info["scale_factor"] = float(tensors["scale_factor"])
@@ -307,8 +331,9 @@ def extract_first_stage(raw: dict[str, Any], where: str) -> tuple[dict[str, torc
         del ae[k]
     info["ignored_training_tensors"] = len(dropped)
     if not any(k.startswith("encoder.") for k in ae) or not any(k.startswith("decoder.") for k in ae):
-        raise GenevalError(f"{where} is not an autoencoder checkpoint: no encoder.*/decoder.* or "
-                           f"first_stage_model.* tensors; it holds {describe_tensors(tensors)}")
+        raise GenevalError(
+            f"{where} is not an autoencoder checkpoint: no encoder.*/decoder.* or first_stage_model.* tensors; it holds {describe_tensors(tensors)}"
+        )
     return ae, info
 
 
@@ -327,8 +352,11 @@ def load_checked(model: nn.Module, sd: dict[str, torch.Tensor], where: str, cfg_
         if reshaped:
             k = reshaped[0]
             parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
-        raise GenevalError(f"{where} does not fit the {model.config.kind} autoencoder ({cfg_source}): "
-                           + "; ".join(parts) + f"; the file holds {describe_tensors(sd)}")
+        raise GenevalError(
+            f"{where} does not fit the {model.config.kind} autoencoder ({cfg_source}): "
+            + "; ".join(parts)
+            + f"; the file holds {describe_tensors(sd)}"
+        )
     model.load_state_dict(sd, strict=True)
 
 
@@ -369,8 +397,9 @@ def _load_native(folder: Path, weights: Path, doc: dict[str, Any], device) -> Lo
     return LoadedAE(_finish(model, device), cfg, "native", str(folder), _sha(weights), info)
 
 
-def load_autoencoder(spec: str | os.PathLike | None = None, config: str | os.PathLike | AEConfig | None = None,
-                     device: torch.device | str | None = "cpu") -> LoadedAE:
+def load_autoencoder(
+    spec: str | os.PathLike | None = None, config: str | os.PathLike | AEConfig | None = None, device: torch.device | str | None = "cpu"
+) -> LoadedAE:
     """Load an autoencoder from any supported format (see module docstring).
 
     Args:
@@ -410,8 +439,7 @@ def load_autoencoder(spec: str | os.PathLike | None = None, config: str | os.Pat
         cfg = infer_config(sd)
     scale = info.get("scale_factor", cfg.scale_factor)
     if scale is not None and scale != cfg.scale_factor:
-        cfg = AEConfig.from_dict({**cfg.to_dict(), "scale_factor": scale, "ch_mult": cfg.ch_mult,
-                                  "attn_resolutions": cfg.attn_resolutions})
+        cfg = AEConfig.from_dict({**cfg.to_dict(), "scale_factor": scale, "ch_mult": cfg.ch_mult, "attn_resolutions": cfg.attn_resolutions})
     model = build_autoencoder(cfg)
     load_checked(model, sd, str(path), cfg_source)
     info["config_source"] = cfg_source
@@ -429,14 +457,16 @@ def _load_folder(path: Path, config, device) -> LoadedAE:
             return _load_native(path, weights, doc, device)
         if doc.get("_class_name") == "AutoencoderKL":
             return load_diffusers_vae(path, device)
-        raise GenevalError(f"{cfg_file}: neither a geneval autoencoder (format {FORMAT!r}) nor a diffusers "
-                           f"AutoencoderKL (_class_name {doc.get('_class_name')!r})")
+        raise GenevalError(
+            f"{cfg_file}: neither a geneval autoencoder (format {FORMAT!r}) nor a diffusers AutoencoderKL (_class_name {doc.get('_class_name')!r})"
+        )
     if (path / "model_index.json").is_file() and (path / "vae" / "config.json").is_file():
         return load_diffusers_vae(path / "vae", device)
     raise GenevalError(f"{path}: a folder, but no config.json (native or diffusers) nor model_index.json + vae/")
 
 
 # ---------------------------------------------------------------- diffusers (optional extra)
+
 
 class DiffusersVAE(nn.Module):
     """A diffusers AutoencoderKL behind geneval's `reconstruct` interface (mode → decode; sample → latents)."""
@@ -466,11 +496,25 @@ def load_diffusers_vae(folder: Path, device) -> LoadedAE:
         raise GenevalError(f"cannot load diffusers AutoencoderKL from {folder}: {' '.join(str(e).split())[:200]}") from None
     c = vae.config
     widths = list(c.block_out_channels)
-    cfg = AEConfig(kind="kl", ch=widths[0], ch_mult=tuple(w // widths[0] for w in widths),
-                   num_res_blocks=int(c.layers_per_block), in_channels=int(c.in_channels), out_ch=int(c.out_channels),
-                   resolution=int(c.sample_size), z_channels=int(c.latent_channels), embed_dim=int(c.latent_channels),
-                   num_groups=int(c.norm_num_groups), scale_factor=float(c.scaling_factor))
-    weights = next((folder / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-                    if (folder / n).is_file()), None)
-    return LoadedAE(_finish(DiffusersVAE(vae, cfg), device), cfg, "diffusers", str(folder),
-                    _sha(weights) if weights else None, {"diffusers_class": "AutoencoderKL"})
+    cfg = AEConfig(
+        kind="kl",
+        ch=widths[0],
+        ch_mult=tuple(w // widths[0] for w in widths),
+        num_res_blocks=int(c.layers_per_block),
+        in_channels=int(c.in_channels),
+        out_ch=int(c.out_channels),
+        resolution=int(c.sample_size),
+        z_channels=int(c.latent_channels),
+        embed_dim=int(c.latent_channels),
+        num_groups=int(c.norm_num_groups),
+        scale_factor=float(c.scaling_factor),
+    )
+    weights = next((folder / n for n in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin") if (folder / n).is_file()), None)
+    return LoadedAE(
+        _finish(DiffusersVAE(vae, cfg), device),
+        cfg,
+        "diffusers",
+        str(folder),
+        _sha(weights) if weights else None,
+        {"diffusers_class": "AutoencoderKL"},
+    )

@@ -23,9 +23,23 @@ KINDS = ("kl", "vq")
 ATTN_TYPES = ("vanilla", "linear", "none")
 # Every ddconfig key LDM's Encoder/Decoder read (ldm/modules/diffusionmodules/model.py). LDM
 # silently ignores any other key (**ignore_kwargs); geneval refuses it instead.
-DDCONFIG_KEYS = ("double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
-                 "attn_resolutions", "dropout", "resamp_with_conv", "use_linear_attn", "attn_type", "tanh_out",
-                 "give_pre_end")
+DDCONFIG_KEYS = (
+    "double_z",
+    "z_channels",
+    "resolution",
+    "in_channels",
+    "out_ch",
+    "ch",
+    "ch_mult",
+    "num_res_blocks",
+    "attn_resolutions",
+    "dropout",
+    "resamp_with_conv",
+    "use_linear_attn",
+    "attn_type",
+    "tanh_out",
+    "give_pre_end",
+)
 
 
 @dataclass(frozen=True)
@@ -112,8 +126,9 @@ class AEConfig:
         return cls(**d)
 
     @classmethod
-    def from_ddconfig(cls, ddconfig: dict[str, Any], embed_dim: int, kind: str = "kl",
-                      n_embed: int | None = None, scale_factor: float | None = None) -> AEConfig:
+    def from_ddconfig(
+        cls, ddconfig: dict[str, Any], embed_dim: int, kind: str = "kl", n_embed: int | None = None, scale_factor: float | None = None
+    ) -> AEConfig:
         """Translate LDM's `ddconfig` (as in its YAML files) into an AEConfig; an unknown key is an error.
 
         Args:
@@ -129,8 +144,7 @@ class AEConfig:
             raise GenevalError(f"ddconfig must be a mapping, got {type(ddconfig).__name__}")
         unknown = sorted(str(k) for k in ddconfig if k not in DDCONFIG_KEYS)
         if unknown:
-            raise GenevalError(f"unknown ddconfig key(s) {unknown}: geneval would ignore them and decode wrongly; "
-                               f"known: {', '.join(DDCONFIG_KEYS)}")
+            raise GenevalError(f"unknown ddconfig key(s) {unknown}: geneval would ignore them and decode wrongly; known: {', '.join(DDCONFIG_KEYS)}")
         need = ("ch", "ch_mult", "num_res_blocks", "z_channels")
         missing = [k for k in need if k not in ddconfig]
         if missing:
@@ -142,14 +156,24 @@ class AEConfig:
             raise GenevalError("ddconfig give_pre_end: true makes the decoder return features, not images; unsupported")
         # LDM: use_linear_attn=True overrides attn_type (Encoder/Decoder.__init__).
         attn_type = "linear" if ddconfig.get("use_linear_attn", False) else ddconfig.get("attn_type", "vanilla")
-        return cls(kind=kind, ch=int(ddconfig["ch"]), ch_mult=tuple(ddconfig["ch_mult"]),
-                   num_res_blocks=int(ddconfig["num_res_blocks"]),
-                   attn_resolutions=tuple(ddconfig.get("attn_resolutions", ()) or ()),
-                   in_channels=int(ddconfig.get("in_channels", 3)), out_ch=int(ddconfig.get("out_ch", 3)),
-                   resolution=int(ddconfig.get("resolution", 256)), z_channels=int(ddconfig["z_channels"]),
-                   embed_dim=int(embed_dim), n_embed=None if n_embed is None else int(n_embed),
-                   dropout=float(ddconfig.get("dropout", 0.0)), scale_factor=scale_factor, attn_type=str(attn_type),
-                   tanh_out=_flag(ddconfig, "tanh_out", False), resamp_with_conv=_flag(ddconfig, "resamp_with_conv", True))
+        return cls(
+            kind=kind,
+            ch=int(ddconfig["ch"]),
+            ch_mult=tuple(ddconfig["ch_mult"]),
+            num_res_blocks=int(ddconfig["num_res_blocks"]),
+            attn_resolutions=tuple(ddconfig.get("attn_resolutions", ()) or ()),
+            in_channels=int(ddconfig.get("in_channels", 3)),
+            out_ch=int(ddconfig.get("out_ch", 3)),
+            resolution=int(ddconfig.get("resolution", 256)),
+            z_channels=int(ddconfig["z_channels"]),
+            embed_dim=int(embed_dim),
+            n_embed=None if n_embed is None else int(n_embed),
+            dropout=float(ddconfig.get("dropout", 0.0)),
+            scale_factor=scale_factor,
+            attn_type=str(attn_type),
+            tanh_out=_flag(ddconfig, "tanh_out", False),
+            resamp_with_conv=_flag(ddconfig, "resamp_with_conv", True),
+        )
 
 
 def _flag(d: dict[str, Any], key: str, default: bool) -> bool:

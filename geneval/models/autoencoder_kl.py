@@ -74,8 +74,9 @@ class AutoencoderKL(nn.Module):
         """Latents (B, embed_dim, h, w), unscaled → images in about [-1, 1]."""
         return self.decoder(self.post_quant_conv(z))
 
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
+    def forward(
+        self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, DiagonalGaussian]:
         post = self.encode(x)
         z = post.sample(generator) if sample_posterior else post.mode()
         return self.decode(z), post

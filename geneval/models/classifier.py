@@ -112,12 +112,11 @@ class EncoderUNet(nn.Module):
         feature_size += ch
         self.feature_size = feature_size
         if c.pool == "attention":
-            self.out = nn.Sequential(
-                normalization(ch), nn.SiLU(), AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels)
-            )
+            self.out = nn.Sequential(normalization(ch), nn.SiLU(), AttentionPool2d(c.image_size // ds, ch, c.num_head_channels, c.out_channels))
         elif c.pool == "adaptive":
-            self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)),
-                                     zero_module(nn.Conv2d(ch, c.out_channels, 1)), nn.Flatten())
+            self.out = nn.Sequential(
+                normalization(ch), nn.SiLU(), nn.AdaptiveAvgPool2d((1, 1)), zero_module(nn.Conv2d(ch, c.out_channels, 1)), nn.Flatten()
+            )
         elif c.pool == "spatial":
             self.out = nn.Sequential(nn.Linear(feature_size, 2048), nn.ReLU(), nn.Linear(2048, c.out_channels))
         else:  # spatial_v2

@@ -80,9 +80,15 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         """Provenance record of this model for results and sample sidecars."""
         return {
-            "source": self.source, "format": self.format, "kind": self.kind, "preset": self.preset,
-            "weights_sha256": self.weights_sha256, "image_size": self.image_size, "num_classes": self.num_classes,
-            "null_class": self.null_class, "diffusion": self.diffusion.to_dict() if self.diffusion else None,
+            "source": self.source,
+            "format": self.format,
+            "kind": self.kind,
+            "preset": self.preset,
+            "weights_sha256": self.weights_sha256,
+            "image_size": self.image_size,
+            "num_classes": self.num_classes,
+            "null_class": self.null_class,
+            "diffusion": self.diffusion.to_dict() if self.diffusion else None,
         }
 
 
@@ -167,8 +173,14 @@ def _finish(net: nn.Module, device: torch.device | str | None) -> nn.Module:
 # ---------------------------------------------------------------- native format
 
 
-def native_config(config: UNetConfig | ClassifierConfig, diffusion: DiffusionConfig | None = None, *, null_class: int | None = None,
-                  class_names: list[str] | None = None, training: dict[str, Any] | None = None) -> dict[str, Any]:
+def native_config(
+    config: UNetConfig | ClassifierConfig,
+    diffusion: DiffusionConfig | None = None,
+    *,
+    null_class: int | None = None,
+    class_names: list[str] | None = None,
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON document stored with native weights."""
     kind = "classifier" if isinstance(config, ClassifierConfig) else "unet"
     n_cls = config.out_channels if kind == "classifier" else config.num_classes
@@ -178,14 +190,22 @@ def native_config(config: UNetConfig | ClassifierConfig, diffusion: DiffusionCon
     if class_names is not None and real is not None and len(class_names) != real:
         raise GenevalError(f"{len(class_names)} class names for {real} classes")
     return {
-        "format": NATIVE_FORMAT, "version": NATIVE_VERSION, "kind": kind, "architecture": config.to_dict(),
-        "diffusion": diffusion.to_dict() if diffusion else None, "image_size": config.image_size,
-        "num_classes": real, "null_class": null_class, "class_names": class_names, "training": training or {},
+        "format": NATIVE_FORMAT,
+        "version": NATIVE_VERSION,
+        "kind": kind,
+        "architecture": config.to_dict(),
+        "diffusion": diffusion.to_dict() if diffusion else None,
+        "image_size": config.image_size,
+        "num_classes": real,
+        "null_class": null_class,
+        "class_names": class_names,
+        "training": training or {},
     }
 
 
-def save_native(net: nn.Module, config: UNetConfig | ClassifierConfig, path: str | os.PathLike, diffusion: DiffusionConfig | None = None,
-                **meta: Any) -> Path:
+def save_native(
+    net: nn.Module, config: UNetConfig | ClassifierConfig, path: str | os.PathLike, diffusion: DiffusionConfig | None = None, **meta: Any
+) -> Path:
     """Save weights + config in geneval's native format; returns the weights file path.
 
     Args:
@@ -246,8 +266,18 @@ def _load_native(weights: Path, doc: dict[str, Any], device, flags: dict[str, An
         cls = UNetModel
     net = build_from_state_dict(cls, cfg, sd, f"the architecture in {weights.name}")
     return LoadedModel(
-        _finish(net, device), cfg, diffusion, doc["kind"], "native", doc.get("num_classes"), doc.get("null_class"),
-        doc.get("class_names"), str(weights), file_sha256(weights), None, doc.get("training") or {},
+        _finish(net, device),
+        cfg,
+        diffusion,
+        doc["kind"],
+        "native",
+        doc.get("num_classes"),
+        doc.get("null_class"),
+        doc.get("class_names"),
+        str(weights),
+        file_sha256(weights),
+        None,
+        doc.get("training") or {},
     )
 
 
@@ -277,13 +307,17 @@ def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any], 
     if preset is not None:
         p = get_preset(preset)
         if release is not None and release.preset.name != p.name:
-            raise GenevalError(f"{path.name} is the published {release.preset.name} checkpoint (matched by {release.matched_by}), "
-                               f"not {preset}; drop --preset (or rename the file if it is not that release)")
+            raise GenevalError(
+                f"{path.name} is the published {release.preset.name} checkpoint (matched by {release.matched_by}), "
+                f"not {preset}; drop --preset (or rename the file if it is not that release)"
+            )
     elif release is not None:
         p = release.preset
     elif parsed is None:
-        raise GenevalError(f"{path}: a guided-diffusion/improved-diffusion .pt has no config; pass a preset (e.g. --preset adm-256) "
-                           f"or the authors' flags (--model-flags \"--image_size 256 ...\"). The file looks like: {describe_state_dict(sd)}")
+        raise GenevalError(
+            f"{path}: a guided-diffusion/improved-diffusion .pt has no config; pass a preset (e.g. --preset adm-256) "
+            f'or the authors\' flags (--model-flags "--image_size 256 ..."). The file looks like: {describe_state_dict(sd)}'
+        )
     else:
         p = None
     if p is not None and p.kind != kind:
@@ -293,8 +327,10 @@ def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any], 
         bad = flag_conflicts(parsed, p.config, p.diffusion) if parsed is not None else []
         if bad:
             whose = f"the published {p.name} checkpoint {path.name}" if release is not None else f"preset {p.name}"
-            raise GenevalError(f"--model-flags contradict {whose}: {'; '.join(bad)} (heads and attention order are not stored in "
-                               f"the file, so a mismatch would load silently and sample wrongly); drop the flags or the preset")
+            raise GenevalError(
+                f"--model-flags contradict {whose}: {'; '.join(bad)} (heads and attention order are not stored in "
+                f"the file, so a mismatch would load silently and sample wrongly); drop the flags or the preset"
+            )
     else:
         cfg, diffusion, what = parsed.config, parsed.diffusion, "the architecture given by --model-flags"
     diff_names = {f.name for f in dataclasses.fields(DiffusionConfig)}
@@ -310,18 +346,26 @@ def _load_openai(path: Path, preset: str | None, device, flags: dict[str, Any], 
             new_diffusion = dataclasses.replace(new_diffusion, variance_type="learned_range")
         cls, n_cls = UNetModel, new_cfg.num_classes
     if release is not None and (new_cfg != cfg or new_diffusion != diffusion):
-        raise GenevalError(f"overrides {sorted(flags)} contradict the published {p.name} checkpoint {path.name} "
-                           f"(matched by {release.matched_by}); rename the file if it is not that release")
+        raise GenevalError(
+            f"overrides {sorted(flags)} contradict the published {p.name} checkpoint {path.name} "
+            f"(matched by {release.matched_by}); rename the file if it is not that release"
+        )
     first = sd.get("input_blocks.0.0.weight")
     if kind == "unet" and first is not None and first.ndim == 4 and first.shape[1] == 2 * new_cfg.in_channels and not new_cfg.super_res:
-        raise GenevalError(f"{path.name} looks like a super-resolution model ({first.shape[1]} input channels: x_t and the low-res image) "
-                           f"but {what} is not one; use an upsampler preset or --model-flags with --large_size/--small_size")
+        raise GenevalError(
+            f"{path.name} looks like a super-resolution model ({first.shape[1]} input channels: x_t and the low-res image) "
+            f"but {what} is not one; use an upsampler preset or --model-flags with --large_size/--small_size"
+        )
     net = build_from_state_dict(cls, new_cfg, sd, what)
-    info: dict[str, Any] = {"summary": p.summary if p else "architecture from --model-flags",
-                            "preset": p.describe() if p else None, "release": release.to_dict() if release else None,
-                            "model_flags": parsed.to_dict() if parsed else None}
-    return LoadedModel(_finish(net, device), new_cfg, new_diffusion, kind, "guided-diffusion", n_cls, None, None, str(path),
-                       sha, p.name if p else None, info)
+    info: dict[str, Any] = {
+        "summary": p.summary if p else "architecture from --model-flags",
+        "preset": p.describe() if p else None,
+        "release": release.to_dict() if release else None,
+        "model_flags": parsed.to_dict() if parsed else None,
+    }
+    return LoadedModel(
+        _finish(net, device), new_cfg, new_diffusion, kind, "guided-diffusion", n_cls, None, None, str(path), sha, p.name if p else None, info
+    )
 
 
 # ---------------------------------------------------------------- diffusers
@@ -340,8 +384,13 @@ class DiffusersUNet(nn.Module):
 
 _DIFFUSERS_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 _DIFFUSERS_PRED = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
-_DIFFUSERS_VAR = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large",
-                  "fixed_large_log": "fixed_large", "learned_range": "learned_range"}
+_DIFFUSERS_VAR = {
+    "fixed_small": "fixed_small",
+    "fixed_small_log": "fixed_small",
+    "fixed_large": "fixed_large",
+    "fixed_large_log": "fixed_large",
+    "learned_range": "learned_range",
+}
 
 
 def diffusion_from_scheduler_config(sc: dict[str, Any], convention_source: str = "model") -> DiffusionConfig:
@@ -367,7 +416,8 @@ def diffusion_from_scheduler_config(sc: dict[str, Any], convention_source: str =
     name = _DIFFUSERS_SCHEDULES[sched]
     explicit = name != "cosine"  # diffusers' linear is NOT rescaled by 1000/T, so pass its endpoints
     return DiffusionConfig(
-        num_timesteps=int(sc.get("num_train_timesteps", 1000)), beta_schedule=name,
+        num_timesteps=int(sc.get("num_train_timesteps", 1000)),
+        beta_schedule=name,
         beta_start=float(sc.get("beta_start", 1e-4)) if explicit else None,
         beta_end=float(sc.get("beta_end", 2e-2)) if explicit else None,
         prediction_type=_DIFFUSERS_PRED[pred],
@@ -400,15 +450,33 @@ def _load_diffusers(path: Path, device, flags: dict[str, Any]) -> LoadedModel:
     # The scheduler config travels with the model: geneval.sampling.conventions.convention_for reads
     # it, so the folder is sampled with its own scheduler's semantics unless the source is "adm".
     info = {"scheduler_config": sc, "convention_source": source}
-    return LoadedModel(_finish(DiffusersUNet(unet), device), dict(unet.config), diffusion, "unet", "diffusers", n_cls, None,
-                       None, str(path), file_sha256(wfile) if wfile else "", None, info)
+    return LoadedModel(
+        _finish(DiffusersUNet(unet), device),
+        dict(unet.config),
+        diffusion,
+        "unet",
+        "diffusers",
+        n_cls,
+        None,
+        None,
+        str(path),
+        file_sha256(wfile) if wfile else "",
+        None,
+        info,
+    )
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def load_model(path: str | os.PathLike, preset: str | None = None, device: torch.device | str | None = "cpu", *,
-               model_flags: str | dict[str, Any] | None = None, **flags: Any) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike,
+    preset: str | None = None,
+    device: torch.device | str | None = "cpu",
+    *,
+    model_flags: str | dict[str, Any] | None = None,
+    **flags: Any,
+) -> LoadedModel:
     """Load a UNet, super-resolution UNet or classifier from any supported format.
 
     Args:

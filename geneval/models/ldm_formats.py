@@ -201,9 +201,7 @@ def read_ldm_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise GenevalError(f"{path}: no model.params section (not a CompVis latent-diffusion config)")
     target = str(model.get("target", ""))
     if target not in LDM_TARGETS:
-        raise GenevalError(
-            f"{path}: model.target {target!r} is not a latent diffusion model ({', '.join(LDM_TARGETS)})"
-        )
+        raise GenevalError(f"{path}: model.target {target!r} is not a latent diffusion model ({', '.join(LDM_TARGETS)})")
     return model
 
 
@@ -246,13 +244,10 @@ def parse_ldm_config(model: dict[str, Any], where: str = "config") -> LDMSpec:
     if cond == "__is_unconditional__":
         ck, cond = None, None
     elif not isinstance(cond, dict):
-        raise GenevalError(
-            f"{where}: cond_stage_config {cond!r} is not supported (__is_unconditional__ or a ClassEmbedder)"
-        )
+        raise GenevalError(f"{where}: cond_stage_config {cond!r} is not supported (__is_unconditional__ or a ClassEmbedder)")
     elif str(cond.get("target")) != CLASS_EMBEDDER:
         raise GenevalError(
-            f"{where}: cond stage {cond.get('target')!r} is not supported (only {CLASS_EMBEDDER}: "
-            f"class-conditional or unconditional LDMs)"
+            f"{where}: cond stage {cond.get('target')!r} is not supported (only {CLASS_EMBEDDER}: class-conditional or unconditional LDMs)"
         )
     if ck not in (None, "crossattn"):
         raise GenevalError(f"{where}: conditioning_key {ck!r} is not supported (unconditional or crossattn)")
@@ -262,9 +257,7 @@ def parse_ldm_config(model: dict[str, Any], where: str = "config") -> LDMSpec:
         if bad or "embed_dim" not in cp:
             raise GenevalError(f"{where}: ClassEmbedder params need embed_dim (n_classes, key optional); unknown {bad}")
         if unet.context_dim != int(cp["embed_dim"]):
-            raise GenevalError(
-                f"{where}: ClassEmbedder embed_dim {cp['embed_dim']} != UNet context_dim {unet.context_dim}"
-            )
+            raise GenevalError(f"{where}: ClassEmbedder embed_dim {cp['embed_dim']} != UNet context_dim {unet.context_dim}")
     elif unet.use_spatial_transformer:
         raise GenevalError(f"{where}: an unconditional LDM with a spatial transformer has no context to attend to")
     for key, attr in (("channels", "in_channels"), ("image_size", "image_size")):
@@ -313,9 +306,7 @@ def build_ldm_modules(spec: LDMSpec, where: str = "config") -> tuple[LDMUNet, nn
     """Untrained UNet, first stage and cond stage for `spec` (build under torch.device('meta') to skip allocation)."""
     ae_cfg = first_stage_config(spec.first_stage_target, spec.first_stage_params, None, f"{where}: first_stage_config")
     if ae_cfg.embed_dim != spec.unet.in_channels:
-        raise GenevalError(
-            f"{where}: the first stage has {ae_cfg.embed_dim} latent channels, the UNet {spec.unet.in_channels}"
-        )
+        raise GenevalError(f"{where}: the first stage has {ae_cfg.embed_dim} latent channels, the UNet {spec.unet.in_channels}")
     cond = None
     if spec.cond_stage is not None:
         cp = spec.cond_stage.get("params") or {}
@@ -344,16 +335,11 @@ def _check(own: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str
             parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
         if reshaped:
             k = reshaped[0]
-            parts.append(
-                f"{len(reshaped)} with other shapes (e.g. {prefix}{k}: file {tuple(got[k].shape)} "
-                f"vs config {tuple(own[k].shape)})"
-            )
+            parts.append(f"{len(reshaped)} with other shapes (e.g. {prefix}{k}: file {tuple(got[k].shape)} vs config {tuple(own[k].shape)})")
         raise GenevalError(f"{where}: the {what} does not fit the YAML: " + "; ".join(parts))
 
 
-def split_state_dict(
-    sd: dict[str, torch.Tensor], spec: LDMSpec, unet: LDMUNet, cond: ClassEmbedder | None, where: str
-) -> dict[str, Any]:
+def split_state_dict(sd: dict[str, torch.Tensor], spec: LDMSpec, unet: LDMUNet, cond: ClassEmbedder | None, where: str) -> dict[str, Any]:
     """Assign every tensor to its part, check names and shapes, and fail naming any leftover.
 
     Returns:
@@ -389,9 +375,7 @@ def split_state_dict(
         else:
             leftovers.append(k)
     if leftovers:
-        raise GenevalError(
-            f"{where}: {len(leftovers)} tensor(s) belong to no part of an LDM: {_short(sorted(leftovers))}"
-        )
+        raise GenevalError(f"{where}: {len(leftovers)} tensor(s) belong to no part of an LDM: {_short(sorted(leftovers))}")
     _check(unet.state_dict(), groups["unet"], "UNet (model.diffusion_model.*)", where, "model.diffusion_model.")
     ema = None
     if groups["ema"]:
@@ -400,13 +384,9 @@ def split_state_dict(
         _check(want, groups["ema"], "EMA copy (model_ema.*)", where)
         ema = {n: groups["ema"][ema_name(n)] for n, _ in unet.named_parameters()}
     if cond is None and groups["cond_stage"]:
-        raise GenevalError(
-            f"{where}: cond_stage_model.* tensors in an unconditional model: {_short(sorted(groups['cond_stage']))}"
-        )
+        raise GenevalError(f"{where}: cond_stage_model.* tensors in an unconditional model: {_short(sorted(groups['cond_stage']))}")
     if cond is not None:
-        _check(
-            cond.state_dict(), groups["cond_stage"], "ClassEmbedder (cond_stage_model.*)", where, "cond_stage_model."
-        )
+        _check(cond.state_dict(), groups["cond_stage"], "ClassEmbedder (cond_stage_model.*)", where, "cond_stage_model.")
     T = spec.diffusion.num_timesteps
     bad = sorted(k for k, v in groups["schedule"].items() if tuple(v.shape) != (T,))
     if bad:
@@ -415,9 +395,7 @@ def split_state_dict(
     expect = {"betas": betas, "alphas_cumprod": np.cumprod(1 - betas)}
     expect["alphas_cumprod_prev"] = np.append(1.0, expect["alphas_cumprod"][:-1])
     for name, want in expect.items():
-        if name in groups["schedule"] and not np.allclose(
-            groups["schedule"][name].double().numpy(), want, rtol=1e-5, atol=1e-9
-        ):
+        if name in groups["schedule"] and not np.allclose(groups["schedule"][name].double().numpy(), want, rtol=1e-5, atol=1e-9):
             raise GenevalError(
                 f"{where}: the checkpoint's {name} buffer disagrees with the YAML's schedule "
                 f"({spec.diffusion.beta_schedule}, {spec.diffusion.beta_start}..{spec.diffusion.beta_end}, T={T})"
@@ -444,9 +422,7 @@ def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
-def load_ldm(
-    ckpt: str | os.PathLike, config: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto"
-) -> LoadedLDM:
+def load_ldm(ckpt: str | os.PathLike, config: str | os.PathLike, device: torch.device | str = "cpu", weights: str = "auto") -> LoadedLDM:
     """Load a CompVis LDM `.ckpt` with its YAML (see module docstring).
 
     Args:

@@ -134,10 +134,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         ctx = x if context is None else context
         b, n, _ = x.shape
-        q, k, v = (
-            t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2)
-            for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx))
-        )
+        q, k, v = (t.reshape(b, t.shape[1], self.heads, -1).transpose(1, 2) for t in (self.to_q(x), self.to_k(ctx), self.to_v(ctx)))
         attn = (torch.einsum("bhid,bhjd->bhij", q, k) * self.scale).softmax(dim=-1)
         out = torch.einsum("bhij,bhjd->bhid", attn, v).transpose(1, 2).reshape(b, n, -1)
         return self.to_out(out)
@@ -185,16 +182,12 @@ class BasicTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """GroupNorm (eps 1e-6) → 1×1 proj_in → transformer blocks on (B, HW, C) → 1×1 proj_out, residual."""
 
-    def __init__(
-        self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None, dropout: float = 0.0
-    ):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int | None, dropout: float = 0.0):
         super().__init__()
         inner = heads * dim_head
         self.norm = nn.GroupNorm(32, channels, eps=1e-6, affine=True)
         self.proj_in = nn.Conv2d(channels, inner, 1)
-        self.transformer_blocks = nn.ModuleList(
-            [BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth)]
-        )
+        self.transformer_blocks = nn.ModuleList([BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth)])
         self.proj_out = zero_module(nn.Conv2d(inner, channels, 1))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -290,9 +283,7 @@ class LDMUNet(nn.Module):
                     layers.append(res(ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample, ch))
                     ds //= 2
                 self.output_blocks.append(LDMSequential(*layers))
-        self.out = nn.Sequential(
-            normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
-        )
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(mc, cfg.out_channels, 3, padding=1)))
 
     def forward(
         self,

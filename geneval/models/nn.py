@@ -112,9 +112,7 @@ class ResBlock(TimestepBlock):
             self.h_upd, self.x_upd = Downsample(channels, False), Downsample(channels, False)
         else:
             self.h_upd = self.x_upd = nn.Identity()
-        self.emb_layers = nn.Sequential(
-            nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels)
-        )
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels))
         self.out_layers = nn.Sequential(
             normalization(self.out_channels),
             nn.SiLU(),

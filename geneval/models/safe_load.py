@@ -80,9 +80,7 @@ TYPE_REFERENCES = (
 # Values Lightning's callback states hold (ModelCheckpoint.dirpath, numpy scores): rebuilt as str / Python numbers.
 PATHS = ("pathlib.PosixPath", "pathlib.WindowsPath", "pathlib.Path", "pathlib.PurePosixPath", "pathlib.PureWindowsPath")
 NUMPY_SCALARS = ("numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar")
-ALLOWED_FOREIGN = (
-    LIGHTNING_OBJECTS + DICT_LIKE + OMEGACONF_OBJECTS + TYPE_REFERENCES + PATHS + NUMPY_SCALARS + ("numpy.dtype",)
-)
+ALLOWED_FOREIGN = LIGHTNING_OBJECTS + DICT_LIKE + OMEGACONF_OBJECTS + TYPE_REFERENCES + PATHS + NUMPY_SCALARS + ("numpy.dtype",)
 
 
 class Opaque:

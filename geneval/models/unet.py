@@ -164,8 +164,7 @@ class UNetModel(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(input_ch, c.out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None,
-                low_res: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None, low_res: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the model output for noisy images x at (original, possibly rescaled) timesteps.
 
         Args:
@@ -178,8 +177,10 @@ class UNetModel(nn.Module):
             raise ValueError("pass class labels y if and only if the model is class-conditional")
         if self.config.super_res:
             if low_res is None:
-                raise GenevalError("this is a super-resolution model (ADM upsampler): it needs low-res images; use it as the "
-                                   "upsampler of a cascade (--upsampler), not as a base model")
+                raise GenevalError(
+                    "this is a super-resolution model (ADM upsampler): it needs low-res images; use it as the "
+                    "upsampler of a cascade (--upsampler), not as a base model"
+                )
             up = F.interpolate(low_res.to(x.dtype), size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=False)
             x = torch.cat([x, up], dim=1)
         elif low_res is not None:

@@ -94,10 +94,7 @@ def higher_is_better(metric: str, rows: Iterable[ResultRow] = ()) -> bool | None
         return stated.pop()
     if len(stated) > 1:
         raise GenevalError(f"metric {metric!r}: rows disagree on higher_is_better and the registry does not know it")
-    raise GenevalError(
-        f"metric {metric!r} is not registered and its rows do not say whether higher is better; "
-        f"cannot tell better from worse"
-    )
+    raise GenevalError(f"metric {metric!r} is not registered and its rows do not say whether higher is better; cannot tell better from worse")
 
 
 @dataclass(frozen=True)
@@ -133,6 +130,7 @@ def _short(v: Any) -> str:
 
 
 # --- noise: what a row's std means --------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Noise:
@@ -171,9 +169,7 @@ def _repeats(row: ResultRow, method: str) -> int:
         k = int(tail) if tail.isdigit() else None
     # A bool is an int to Python; an absurd count would overflow the sqrt.
     if not isinstance(k, int) or isinstance(k, bool) or not 2 <= k <= _MAX_REPEATS:
-        raise GenevalError(
-            f"{row.run_id}/{row.metric}: std_method {method!r} without a repeat count between 2 and {_MAX_REPEATS}"
-        )
+        raise GenevalError(f"{row.run_id}/{row.metric}: std_method {method!r} without a repeat count between 2 and {_MAX_REPEATS}")
     return k
 
 
@@ -196,6 +192,7 @@ def combined_sigma(a: ResultRow, b: ResultRow, names: tuple[str, str] = ("A", "B
 
 
 # --- A vs B -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Delta:
@@ -284,16 +281,18 @@ def deltas_markdown(deltas: Sequence[Delta], z: float) -> str:
 
     a_id = next((d.a.run_id for d in deltas if d.a is not None), "A")
     b_id = next((d.b.run_id for d in deltas if d.b is not None), "B")
-    lines = [f"# geneval compare: B `{b_id}` against A `{a_id}`", "",
-             "| metric | better | A | B | Δ (B−A) | Δ% | change |", "|---|:-:|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# geneval compare: B `{b_id}` against A `{a_id}`",
+        "",
+        "| metric | better | A | B | Δ (B−A) | Δ% | change |",
+        "|---|:-:|---:|---:|---:|---:|---|",
+    ]
     for d in deltas:
         dd = "—" if d.delta is None else f"{d.delta:+.4g}"
         rel = "—" if d.rel is None else f"{100 * d.rel:+.2f}%"
         change = f"⚠ {d.change}" if d.flags else d.change
-        lines.append(f"| {d.metric} | {arrow(d.higher_is_better)} | {fmt_cell(d.a)} | {fmt_cell(d.b)} "
-                     f"| {dd} | {rel} | {change} |")
-    lines += ["", f"better/worse: beyond z·σ of the difference (z={z:g}) when both sides carry a noise "
-              "estimate, else any nonzero change.", ""]
+        lines.append(f"| {d.metric} | {arrow(d.higher_is_better)} | {fmt_cell(d.a)} | {fmt_cell(d.b)} | {dd} | {rel} | {change} |")
+    lines += ["", f"better/worse: beyond z·σ of the difference (z={z:g}) when both sides carry a noise estimate, else any nonzero change.", ""]
     for d in deltas:
         if d.a is not None and d.b is not None:
             lines.append(f"- {d.metric}: {d.noise}" + (f"; z·σ = {z * d.sigma:.3g}" if d.sigma is not None else ""))
@@ -306,8 +305,28 @@ def deltas_json(deltas: Sequence[Delta], z: float) -> str:
     """The A-vs-B deltas as JSON."""
     import json
 
-    return json.dumps({"z": z, "deltas": [
-        {"metric": d.metric, "higher_is_better": d.higher_is_better,
-         "a": None if d.a is None else d.a.to_dict(), "b": None if d.b is None else d.b.to_dict(),
-         "delta": d.delta, "rel": d.rel, "change": d.change, "sigma": d.sigma, "noise": d.noise,
-         "differences": [f.describe() for f in d.flags]} for d in deltas]}, indent=2, default=str) + "\n"
+    return (
+        json.dumps(
+            {
+                "z": z,
+                "deltas": [
+                    {
+                        "metric": d.metric,
+                        "higher_is_better": d.higher_is_better,
+                        "a": None if d.a is None else d.a.to_dict(),
+                        "b": None if d.b is None else d.b.to_dict(),
+                        "delta": d.delta,
+                        "rel": d.rel,
+                        "change": d.change,
+                        "sigma": d.sigma,
+                        "noise": d.noise,
+                        "differences": [f.describe() for f in d.flags],
+                    }
+                    for d in deltas
+                ],
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )

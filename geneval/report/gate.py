@@ -112,16 +112,29 @@ def combine_runs(runs: Sequence[ResultSet], run_id: str | None = None) -> Result
         if bad:
             raise GenevalError(f"cannot average non-finite {m} values over seed repeats: {', '.join(bad)}")
         first = group[0]
-        rows.append(ResultRow(
-            run_id=rid_out, metric=m, value=statistics.fmean(values), std=statistics.stdev(values),
-            n=first.n, higher_is_better=first.higher_is_better, model=first.model, sampler=first.sampler,
-            steps=first.steps, guidance=first.guidance, convention=first.convention, seed=None,
-            mode=first.mode, features=first.features, weights_sha256=first.weights_sha256,
-            ref_sha256=first.ref_sha256, created_at=utc_now(),
-            wall_s=sum(r.wall_s for r in group) if all(r.wall_s is not None for r in group) else None,
-            extra={"std_method": f"seed-repeats-{k}", "repeats": k, "runs": ids, "seeds": seeds,
-                   "values": values, "std_ddof": 1},
-        ))
+        rows.append(
+            ResultRow(
+                run_id=rid_out,
+                metric=m,
+                value=statistics.fmean(values),
+                std=statistics.stdev(values),
+                n=first.n,
+                higher_is_better=first.higher_is_better,
+                model=first.model,
+                sampler=first.sampler,
+                steps=first.steps,
+                guidance=first.guidance,
+                convention=first.convention,
+                seed=None,
+                mode=first.mode,
+                features=first.features,
+                weights_sha256=first.weights_sha256,
+                ref_sha256=first.ref_sha256,
+                created_at=utc_now(),
+                wall_s=sum(r.wall_s for r in group) if all(r.wall_s is not None for r in group) else None,
+                extra={"std_method": f"seed-repeats-{k}", "repeats": k, "runs": ids, "seeds": seeds, "values": values, "std_ddof": 1},
+            )
+        )
     return ResultSet(rows, {"combined_from": ids})
 
 
@@ -139,8 +152,7 @@ def make_baseline(runs: Sequence[ResultSet]) -> ResultSet:
             raise GenevalError(f"cannot make a baseline from {r.metric} without N: the gate could not check comparability")
         higher_is_better(r.metric, [r])  # an unknown direction must fail now, not at gate time
     ids = [run.rows[0].run_id for run in runs]
-    return ResultSet(base.rows, {"baseline": {"runs": ids, "created_at": utc_now(),
-                                              "method": base.rows[0].extra.get("std_method") or "single run"}})
+    return ResultSet(base.rows, {"baseline": {"runs": ids, "created_at": utc_now(), "method": base.rows[0].extra.get("std_method") or "single run"}})
 
 
 @dataclass(frozen=True)
@@ -266,7 +278,8 @@ def verdict_markdown(v: GateVerdict) -> str:
     lines = [
         f"## geneval gate: {status}",
         "",
-        f"{len(v.verdicts)} metric(s) gated" + (f"; regressed: {', '.join(failed)}" if failed else "; no regression")
+        f"{len(v.verdicts)} metric(s) gated"
+        + (f"; regressed: {', '.join(failed)}" if failed else "; no regression")
         + f". N={first.result.n}, mode={first.result.mode}.",
         "",
         f"- results: `{v.results_label}` — {_describe(first.result)}",
@@ -282,13 +295,20 @@ def verdict_markdown(v: GateVerdict) -> str:
         )
     lines += ["", f"Noise band: {METHOD}, z={v.z:g}; a metric fails when it is worse than the baseline by more than its band.", ""]
     for x in v.verdicts:
-        tol = f"tolerance {x.tolerance}" + (f" = {fmt_number(x.tolerance.absolute(x.baseline.value))}" if x.tolerance and x.tolerance.relative else "") if x.tolerance else "no tolerance"
+        tol = (
+            f"tolerance {x.tolerance}" + (f" = {fmt_number(x.tolerance.absolute(x.baseline.value))}" if x.tolerance and x.tolerance.relative else "")
+            if x.tolerance
+            else "no tolerance"
+        )
         sig = f"z·σ = {fmt_number(v.z * x.sigma)}" if x.sigma is not None else "z·σ unavailable"
         lines.append(f"- {x.metric}: {tol}; {sig}; {x.noise}")
     exact = [x.metric for x in v.verdicts if x.band == 0]
     if exact:
-        lines += ["", f"⚠ {', '.join(exact)}: band 0 (no recorded std and no tolerance), so any worsening fails; "
-                  "record a std with extra.std_method or pass --tolerance."]
+        lines += [
+            "",
+            f"⚠ {', '.join(exact)}: band 0 (no recorded std and no tolerance), so any worsening fails; "
+            "record a std with extra.std_method or pass --tolerance.",
+        ]
     if v.ungated:
         lines += ["", f"Not gated: {', '.join(v.ungated)}."]
     return "\n".join(lines) + "\n"

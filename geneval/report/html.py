@@ -62,15 +62,19 @@ def _main_table(cmp: Comparison) -> list[str]:
         mark = f" {FLAG}" if flagged else ""
         hib = cmp.higher_is_better[m]
         title = "no direction (diagnostic)" if hib is None else ("higher is better" if hib else "lower is better")
-        out.append(f'<th class="{cls}" title="{title}">{escape(m)} '
-                   f'<span class="dir">{arrow(cmp.higher_is_better[m])}</span>{mark}</th>')
+        out.append(f'<th class="{cls}" title="{title}">{escape(m)} <span class="dir">{arrow(cmp.higher_is_better[m])}</span>{mark}</th>')
     out.append("</tr></thead><tbody>")
     for run in cmp.runs:
         rid = run.rows[0].run_id
         info = cmp.run_info(run)
-        tds = [_td(rid, "run"), _td(fmt_field("model", info["model"])), _td(fmt_field("sampler", info["sampler"])),
-               _td(fmt_field("steps", info["steps"]), "num"), _td(fmt_guidance(info)),
-               _td(fmt_field("seed", info["seed"]), "num")]
+        tds = [
+            _td(rid, "run"),
+            _td(fmt_field("model", info["model"])),
+            _td(fmt_field("sampler", info["sampler"])),
+            _td(fmt_field("steps", info["steps"]), "num"),
+            _td(fmt_guidance(info)),
+            _td(fmt_field("seed", info["seed"]), "num"),
+        ]
         for m in cmp.metrics:
             cls = "num"
             if rid in cmp.best.get(m, ()):
@@ -80,8 +84,10 @@ def _main_table(cmp: Comparison) -> list[str]:
             tds.append(_td(fmt_cell(cmp.cell(rid, m)), cls))
         out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
-    out.append('<p class="note">↑ higher is better, ↓ lower is better, · diagnostic without a direction. Highlighted bold = best among '
-               "comparable runs. ± is the std recorded with each number (method in the conditions table).</p>")
+    out.append(
+        '<p class="note">↑ higher is better, ↓ lower is better, · diagnostic without a direction. Highlighted bold = best among '
+        "comparable runs. ± is the std recorded with each number (method in the conditions table).</p>"
+    )
     return out
 
 
@@ -91,13 +97,21 @@ def _conditions(cmp: Comparison) -> list[str]:
     out.append("</tr></thead><tbody>")
     for m in cmp.metrics:
         c = cmp.conditions(m)
-        methods = sorted({str(r.extra.get("std_method") or ("unrecorded" if r.std is not None else "—"))
-                          for (run, mm), r in cmp.cells.items() if mm == m})
+        methods = sorted(
+            {str(r.extra.get("std_method") or ("unrecorded" if r.std is not None else "—")) for (run, mm), r in cmp.cells.items() if mm == m}
+        )
         cls = "flag" if m in cmp.flags else ""
-        out.append("<tr>" + _td(m, cls) + _td(fmt_field("n", c["n"]), "num")
-                   + _td(fmt_field("mode", c["mode"])) + _td(fmt_field("features", c["features"]))
-                   + _td(fmt_field("weights_sha256", c["weights_sha256"]), "mono")
-                   + _td(fmt_field("ref_sha256", c["ref_sha256"]), "mono") + _td(", ".join(methods)) + "</tr>")
+        out.append(
+            "<tr>"
+            + _td(m, cls)
+            + _td(fmt_field("n", c["n"]), "num")
+            + _td(fmt_field("mode", c["mode"]))
+            + _td(fmt_field("features", c["features"]))
+            + _td(fmt_field("weights_sha256", c["weights_sha256"]), "mono")
+            + _td(fmt_field("ref_sha256", c["ref_sha256"]), "mono")
+            + _td(", ".join(methods))
+            + "</tr>"
+        )
     out.append("</tbody></table>")
     return out
 
@@ -105,16 +119,32 @@ def _conditions(cmp: Comparison) -> list[str]:
 def _flags(cmp: Comparison) -> list[str]:
     if not cmp.flags:
         return []
-    out = ['<div class="warnbox"><strong>' + FLAG + " Not comparable</strong> — shown because of "
-           "<code>--allow-incomparable</code>; no best value is marked for these metrics:<ul>"]
+    out = [
+        '<div class="warnbox"><strong>' + FLAG + " Not comparable</strong> — shown because of "
+        "<code>--allow-incomparable</code>; no best value is marked for these metrics:<ul>"
+    ]
     for diffs in cmp.flags.values():
         out += [f"<li>{escape(d.describe())}</li>" for d in diffs]
     out.append("</ul></div>")
     return out
 
 
-_PROVENANCE = ("model", "sampler", "steps", "guidance", "convention", "seed", "n", "mode", "features",
-               "weights_sha256", "ref_sha256", "geneval_version", "created_at", "wall_s")
+_PROVENANCE = (
+    "model",
+    "sampler",
+    "steps",
+    "guidance",
+    "convention",
+    "seed",
+    "n",
+    "mode",
+    "features",
+    "weights_sha256",
+    "ref_sha256",
+    "geneval_version",
+    "created_at",
+    "wall_s",
+)
 
 
 def _display(name: str, v) -> str:
@@ -143,11 +173,11 @@ def _provenance(cmp: Comparison) -> list[str]:
         if warnings:
             out.append('<div class="warnbox"><ul>' + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul></div>")
         extras = {r.metric: {k: v for k, v in r.extra.items() if k != "warnings"} for r in run.rows}
-        out.append("<details><summary>per-metric details</summary><pre>"
-                   + escape(json.dumps(extras, indent=1, default=str)) + "</pre></details>")
+        out.append("<details><summary>per-metric details</summary><pre>" + escape(json.dumps(extras, indent=1, default=str)) + "</pre></details>")
         if run.config:
-            out.append("<details><summary>resolved configuration</summary><pre>"
-                       + escape(json.dumps(run.config, indent=1, default=str)) + "</pre></details>")
+            out.append(
+                "<details><summary>resolved configuration</summary><pre>" + escape(json.dumps(run.config, indent=1, default=str)) + "</pre></details>"
+            )
         out.append("</div>")
     out.append("</div>")
     return out
@@ -172,7 +202,7 @@ def to_html(cmp: Comparison, title: str = "geneval report") -> str:
         *_provenance(cmp),
     ]
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body><main>\n" + "\n".join(body) + "\n</main></body></html>\n"
     )

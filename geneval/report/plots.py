@@ -107,7 +107,7 @@ def plot_sweep(rs: ResultSet, param: str, out_dir: str | os.PathLike, title: str
         ax.set_ylabel(m)
         ax.set_title(f"{m} ({_direction(rs, m)})")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.set_visible(False)
     fig.suptitle(f"{head}metrics vs {_AXIS_NAMES.get(param, param)}\n{info}", fontsize=10)
     fig.tight_layout()
@@ -141,4 +141,3 @@ def _direction(rs: ResultSet, metric: str) -> str:
 def _unique_convention(rs: ResultSet) -> str:
     convs = {r.convention for r in rs.rows if r.convention}
     return convs.pop() if len(convs) == 1 else "/".join(sorted(convs)) or "w"
-

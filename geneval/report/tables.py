@@ -98,6 +98,7 @@ def build_comparison(runs: Sequence[ResultSet], allow_incomparable: bool = False
 
 # --- number formatting --------------------------------------------------------------------------
 
+
 def fmt_number(v: float | None, std: float | None = None) -> str:
     """A value rounded to what its std supports (2 significant digits of std), else 4 digits."""
     if v is None:
@@ -159,6 +160,7 @@ def arrow(hib: bool | None) -> str:
 
 # --- renderers ----------------------------------------------------------------------------------
 
+
 def to_frame(cmp: Comparison):
     """The pivot as a wide pandas DataFrame: one row per run, value and std columns per metric."""
     import pandas as pd
@@ -185,13 +187,19 @@ def to_csv(cmp: Comparison) -> str:
 def to_json(cmp: Comparison) -> str:
     """Runs, metrics (direction, conditions, best, flags) and cells as a JSON document."""
     obj = {
-        "runs": [{"run_id": run.rows[0].run_id, **cmp.run_info(run),
-                  "geneval_version": run.rows[0].geneval_version, "created_at": run.rows[0].created_at}
-                 for run in cmp.runs],
+        "runs": [
+            {"run_id": run.rows[0].run_id, **cmp.run_info(run), "geneval_version": run.rows[0].geneval_version, "created_at": run.rows[0].created_at}
+            for run in cmp.runs
+        ],
         "metrics": [
-            {"metric": m, "higher_is_better": cmp.higher_is_better[m], "conditions": cmp.conditions(m),
-             "best": sorted(cmp.best.get(m, ())), "comparable": m not in cmp.flags,
-             "differences": [d.describe() for d in cmp.flags.get(m, [])]}
+            {
+                "metric": m,
+                "higher_is_better": cmp.higher_is_better[m],
+                "conditions": cmp.conditions(m),
+                "best": sorted(cmp.best.get(m, ())),
+                "comparable": m not in cmp.flags,
+                "differences": [d.describe() for d in cmp.flags.get(m, [])],
+            }
             for m in cmp.metrics
         ],
         "cells": [r.to_dict() for r in cmp.cells.values()],
@@ -218,24 +226,46 @@ def to_markdown(cmp: Comparison, title: str = "geneval report") -> str:
     for run in cmp.runs:
         rid = run.rows[0].run_id
         info = cmp.run_info(run)
-        cells = [rid, fmt_field("model", info["model"]), fmt_field("sampler", info["sampler"]),
-                 fmt_field("steps", info["steps"]), fmt_guidance(info), fmt_field("seed", info["seed"])]
+        cells = [
+            rid,
+            fmt_field("model", info["model"]),
+            fmt_field("sampler", info["sampler"]),
+            fmt_field("steps", info["steps"]),
+            fmt_guidance(info),
+            fmt_field("seed", info["seed"]),
+        ]
         for m in cmp.metrics:
             text = fmt_cell(cmp.cell(rid, m))
             cells.append(f"**{text}**" if rid in cmp.best.get(m, ()) else text)
         lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", "↑ higher is better, ↓ lower is better, · diagnostic without a direction; **bold** = best among comparable runs; "
-              "± = std as recorded per row (method below).", ""]
-    lines += ["## Conditions", "", "| metric | N | mode | features | weights | reference | std method |",
-              "|---|---:|---|---|---|---|---|"]
+    lines += [
+        "",
+        "↑ higher is better, ↓ lower is better, · diagnostic without a direction; **bold** = best among comparable runs; "
+        "± = std as recorded per row (method below).",
+        "",
+    ]
+    lines += ["## Conditions", "", "| metric | N | mode | features | weights | reference | std method |", "|---|---:|---|---|---|---|---|"]
     for m in cmp.metrics:
         c = cmp.conditions(m)
-        methods = sorted({str(r.extra.get("std_method") or ("unrecorded" if r.std is not None else "—"))
-                          for (run, mm), r in cmp.cells.items() if mm == m})
-        lines.append("| " + " | ".join(_md_escape(x) for x in [
-            m, fmt_field("n", c["n"]), fmt_field("mode", c["mode"]), fmt_field("features", c["features"]),
-            fmt_field("weights_sha256", c["weights_sha256"]), fmt_field("ref_sha256", c["ref_sha256"]),
-            ", ".join(methods)]) + " |")
+        methods = sorted(
+            {str(r.extra.get("std_method") or ("unrecorded" if r.std is not None else "—")) for (run, mm), r in cmp.cells.items() if mm == m}
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                _md_escape(x)
+                for x in [
+                    m,
+                    fmt_field("n", c["n"]),
+                    fmt_field("mode", c["mode"]),
+                    fmt_field("features", c["features"]),
+                    fmt_field("weights_sha256", c["weights_sha256"]),
+                    fmt_field("ref_sha256", c["ref_sha256"]),
+                    ", ".join(methods),
+                ]
+            )
+            + " |"
+        )
     if cmp.flags:
         lines += ["", f"{FLAG} **Not comparable** (shown because of --allow-incomparable; no best marked):", ""]
         for diffs in cmp.flags.values():

@@ -111,8 +111,15 @@ class _Progress:
             self.bar.close()
 
 
-def _compute_shard(store: ShardStore, k: int, produce: Producer, extract: Callable[[np.ndarray], dict[str, Any]],
-                   needs: Needs, bar: _Progress, on_chunk: Callable[[Chunk], None] | None) -> None:
+def _compute_shard(
+    store: ShardStore,
+    k: int,
+    produce: Producer,
+    extract: Callable[[np.ndarray], dict[str, Any]],
+    needs: Needs,
+    bar: _Progress,
+    on_chunk: Callable[[Chunk], None] | None,
+) -> None:
     lo, hi = store.bounds(k)
     parts: dict[str, list[np.ndarray]] = {}
     images, labels, indices = [], [], []
@@ -180,9 +187,17 @@ def _shift(dist: Dist, store: ShardStore, layer: str) -> torch.Tensor | None:
     return buf.cpu()
 
 
-def stream_features(store: ShardStore, produce: Producer, extract: Callable[[np.ndarray], dict[str, Any]],
-                    needs: Needs, dist: Dist, *, progress: bool = False, desc: str = "features",
-                    on_chunk: Callable[[Chunk], None] | None = None) -> Streamed:
+def stream_features(
+    store: ShardStore,
+    produce: Producer,
+    extract: Callable[[np.ndarray], dict[str, Any]],
+    needs: Needs,
+    dist: Dist,
+    *,
+    progress: bool = False,
+    desc: str = "features",
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> Streamed:
     """Compute missing shards of this rank, then merge every rank's shards exactly.
 
     Args:
@@ -258,8 +273,7 @@ def merge_shards(store: ShardStore, needs: Needs, dist: Dist, resumed: int = 0) 
         is_acc.sums = all_reduce_sum(dist, torch.from_numpy(is_acc.sums)).numpy()
     n = int(all_reduce_sum(dist, torch.tensor([n_local], dtype=torch.float64)).item())
     timing_t = all_reduce_sum(dist, torch.from_numpy(timing))
-    out = Streamed(n=n, timings={"produce_s": float(timing_t[0]), "features_s": float(timing_t[1])},
-                   resumed=int(timing_t[2]), meta=metas)
+    out = Streamed(n=n, timings={"produce_s": float(timing_t[0]), "features_s": float(timing_t[1])}, resumed=int(timing_t[2]), meta=metas)
     if dist.is_main:
         out.stats = {layer: acc.stats() for layer, acc in accs.items()}
         out.inception_score = is_acc

@@ -151,8 +151,7 @@ class NpzStreamWriter:
         if self._member is None:
             self._shape = tuple(images.shape[1:])
             self._member = self._zip.open("arr_0.npy", "w", force_zip64=True)
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (self.n, *self._shape)}
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (self.n, *self._shape)}
             np.lib.format.write_array_header_2_0(self._member, header)
         elif tuple(images.shape[1:]) != self._shape:
             raise GenevalError(f"image shape changed from {self._shape} to {tuple(images.shape[1:])} while writing {self.path}")

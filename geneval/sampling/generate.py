@@ -224,8 +224,17 @@ def sample(
         from geneval.models.formats import load_model
 
         model = load_model(model, device=device)
-    cfg = config or SamplingConfig(n=n, sampler=sampler, steps=steps, eta=eta, guidance=guidance, convention=convention,
-                                   classifier_scale=classifier_scale, seed=seed, autocast_bf16=autocast_bf16)
+    cfg = config or SamplingConfig(
+        n=n,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        guidance=guidance,
+        convention=convention,
+        classifier_scale=classifier_scale,
+        seed=seed,
+        autocast_bf16=autocast_bf16,
+    )
     cfg.validate()
     check_models(model, cfg, classifier if cfg.classifier_scale > 0 else None)
     if batch_size < 1:
@@ -233,8 +242,9 @@ def sample(
     return generate_range(model, cfg, classes, classifier, start, start + n, batch_size, device, progress)
 
 
-def generate_range(model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device,
-                   progress: bool = False) -> Iterator[SampleBatch]:
+def generate_range(
+    model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device, progress: bool = False
+) -> Iterator[SampleBatch]:
     """Samples lo..hi−1 of a checked (model, cfg) pair, in batches; sample i depends only on (cfg, i).
 
     Args:
@@ -273,8 +283,10 @@ def generate_range(model, cfg: SamplingConfig, classes, classifier, lo: int, hi:
         if cfg.cfg_s is not None and cfg.cfg_s != 1.0:
             model_fn = cfg_model_fn(net_call, y_model, model.null_class, cfg.cfg_s, C)
         else:
+
             def model_fn(a, t, _y=y_model, _call=net_call):
                 return _call(a, t, _y)
+
         if use_clf:
             clf_call = _net_call(classifier, index, cfg.align, cfg.autocast_bf16)
             knobs["cond_fn"] = classifier_cond_fn(clf_call, y, cfg.classifier_scale)
@@ -335,15 +347,23 @@ def sample_to_npz(
         raise GenevalError(f"{len(classes)} class labels for {config.n} samples")
     dist = distributed.current()
     record = {
-        "format": "adm-sample-batch", "n": config.n, "sampling": config.to_dict(), "model": model.describe(),
+        "format": "adm-sample-batch",
+        "n": config.n,
+        "sampling": config.to_dict(),
+        "model": model.describe(),
         "classifier": classifier.describe() if classifier is not None and config.classifier_scale > 0 else None,
         "classes": None if classes is None else (int(classes) if np.isscalar(classes) else "explicit"),
-        "shard_size": shard_size, "quantisation": QUANTISATIONS[config.quantize], "channels": "rgb (arr_0 always N×H×W×3)",
+        "shard_size": shard_size,
+        "quantisation": QUANTISATIONS[config.quantize],
+        "channels": "rgb (arr_0 always N×H×W×3)",
         "scheduler_convention": plan_for(model, config).record,
     }
-    key = {"kind": "sample", "geneval": __version__, **json.loads(json.dumps(record, default=str)),
-           "labels_sha256": None if classes is None or np.isscalar(classes)
-           else hashlib.sha256(np.asarray(classes, np.int64).tobytes()).hexdigest()}
+    key = {
+        "kind": "sample",
+        "geneval": __version__,
+        **json.loads(json.dumps(record, default=str)),
+        "labels_sha256": None if classes is None or np.isscalar(classes) else hashlib.sha256(np.asarray(classes, np.int64).tobytes()).hexdigest(),
+    }
     store = ShardStore(out.with_name(out.name + ".shards"), key, config.n, shard_size).open()
     t0 = time.perf_counter()
     resumed = 0
@@ -380,16 +400,16 @@ def sample_to_npz(
     return record
 
 
-def _sample_shard(store: Any, k: int, model: Any, config: SamplingConfig, classes: Any, classifier: Any, batch_size: int,
-                  device: Any, progress: bool) -> None:
+def _sample_shard(
+    store: Any, k: int, model: Any, config: SamplingConfig, classes: Any, classifier: Any, batch_size: int, device: Any, progress: bool
+) -> None:
     """Sample shard k (RGB uint8, labels, indices) and write it atomically."""
     from geneval.sources.reference import to_rgb
 
     lo, hi = store.bounds(k)
     labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
     images, labels = [], []
-    for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi,
-                            batch_size, device, progress):
+    for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi, batch_size, device, progress):
         images.append(to_rgb(b.images))
         if b.labels is not None:
             labels.append(b.labels)

@@ -29,7 +29,9 @@ def cfg_scale(guidance: float, convention: str) -> float:
     return 1.0 + float(guidance) if convention == "w" else float(guidance)
 
 
-def cfg_model_fn(net_call: NetCall, y: torch.Tensor, null_class: int, scale_s: float, channels: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def cfg_model_fn(
+    net_call: NetCall, y: torch.Tensor, null_class: int, scale_s: float, channels: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A model_fn applying classifier-free guidance with s-scale `scale_s`.
 
     Args:
@@ -53,8 +55,9 @@ def cfg_model_fn(net_call: NetCall, y: torch.Tensor, null_class: int, scale_s: f
     return model_fn
 
 
-def classifier_cond_fn(classifier_call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor,
-                       scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def classifier_cond_fn(
+    classifier_call: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor, scale: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """cond_fn(x_t, t) = scale · ∇_x log softmax(classifier(x_t, t))[y], computed in float32.
 
     Args:

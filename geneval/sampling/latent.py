@@ -214,7 +214,8 @@ class LatentGenerator:
             "clip_denoised": False,
             "quantisation": self.quantize_rule,
             "quantisation_source": self.quantize_source,
-            "respacing_convention": self.sampling_defaults.get("respacing_convention") or "adm (guided-diffusion space_timesteps, DiT's create_diffusion)",
+            "respacing_convention": self.sampling_defaults.get("respacing_convention")
+            or "adm (guided-diffusion space_timesteps, DiT's create_diffusion)",
             "sampling_defaults": self.sampling_defaults,
         }
 

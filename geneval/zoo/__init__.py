@@ -111,8 +111,11 @@ def pack_reference(out: Path, mu: np.ndarray, sigma: np.ndarray, pool3_subset: n
         meta: provenance (mode, features, weights_sha256, n, source, preprocessing).
     """
     iu = np.triu_indices(sigma.shape[0])
-    arrays = {"mu": np.asarray(mu, np.float64), "sigma_triu": np.asarray(sigma, np.float64)[iu].astype(np.float32),
-              "meta": np.asarray(json.dumps(meta, sort_keys=True))}
+    arrays = {
+        "mu": np.asarray(mu, np.float64),
+        "sigma_triu": np.asarray(sigma, np.float64)[iu].astype(np.float32),
+        "meta": np.asarray(json.dumps(meta, sort_keys=True)),
+    }
     if pool3_subset is not None:
         arrays["pool3_subset"] = np.asarray(pool3_subset).astype(np.float16)
     tmp = out.with_name(f".{out.name}.tmp.npz")

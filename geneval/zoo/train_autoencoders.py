@@ -32,8 +32,9 @@ from geneval.models.ae_formats import save_native_autoencoder
 from geneval.models.autoencoder import AEConfig, build_autoencoder, count_parameters
 
 # The demo trunk: ~0.24M parameters (about 1 MB as float32 safetensors).
-DEMO_TRUNK = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), in_channels=3, out_ch=3,
-                  resolution=32, z_channels=4, embed_dim=4, num_groups=8)
+DEMO_TRUNK = dict(
+    ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), in_channels=3, out_ch=3, resolution=32, z_channels=4, embed_dim=4, num_groups=8
+)
 DEMO_KL = AEConfig(kind="kl", **DEMO_TRUNK)
 DEMO_VQ = AEConfig(kind="vq", n_embed=128, **DEMO_TRUNK)
 SKIMAGE_SHARE = 0.25
@@ -55,7 +56,7 @@ def skimage_patches(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
         img = pyramids[k]
         y = rng.integers(0, img.shape[0] - size + 1)
         x = rng.integers(0, img.shape[1] - size + 1)
-        out[i] = img[y:y + size, x:x + size]
+        out[i] = img[y : y + size, x : x + size]
     return out
 
 
@@ -75,8 +76,18 @@ def _batch(fm: torch.Tensor, patches: torch.Tensor, bs: int, g: torch.Generator)
     return torch.cat([a, b]).float() / 127.5 - 1.0
 
 
-def train(kind: str, minutes: float, max_steps: int, batch_size: int, lr: float, kl_weight: float,
-          restart_every: int, seed: int, threads: int, log_every: int = 50):
+def train(
+    kind: str,
+    minutes: float,
+    max_steps: int,
+    batch_size: int,
+    lr: float,
+    kl_weight: float,
+    restart_every: int,
+    seed: int,
+    threads: int,
+    log_every: int = 50,
+):
     """Train one demo autoencoder; returns (model, training record)."""
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -88,7 +99,7 @@ def train(kind: str, minutes: float, max_steps: int, batch_size: int, lr: float,
     if kind == "vq":  # data-dependent codebook init: codes start where the encoder puts its outputs
         with torch.no_grad():
             h = model.encode(_batch(fm, patches, 256, g)).permute(0, 2, 3, 1).reshape(-1, cfg.embed_dim)
-            model.quantize.embedding.weight.copy_(h[torch.randperm(h.shape[0], generator=g)[:cfg.n_embed]])
+            model.quantize.embedding.weight.copy_(h[torch.randperm(h.shape[0], generator=g)[: cfg.n_embed]])
     usage = torch.zeros(cfg.n_embed or 1)
     losses: list[float] = []
     restarts = 0
@@ -120,19 +131,26 @@ def train(kind: str, minutes: float, max_steps: int, batch_size: int, lr: float,
                 restarts += len(dead)
             usage.zero_()
         if step % log_every == 0:
-            print(f"[{kind}] step {step} l1 {np.mean(losses[-log_every:]):.4f} {time.time() - t0:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(f"[{kind}] step {step} l1 {np.mean(losses[-log_every:]):.4f} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
     wall = time.time() - t0
     record = {
         "command": "python -m geneval.zoo.train_autoencoders " + " ".join(sys.argv[1:]),
-        "steps": step, "batch_size": batch_size, "images_seen": step * batch_size, "lr": lr,
+        "steps": step,
+        "batch_size": batch_size,
+        "images_seen": step * batch_size,
+        "lr": lr,
         "loss": "L1 + %g*KL" % kl_weight if kind == "kl" else "L1 + codebook + 0.25*commitment",
-        "gan": False, "perceptual_loss": False,
+        "gan": False,
+        "perceptual_loss": False,
         "final_l1_last100": float(np.mean(losses[-100:])) if losses else None,
-        "wall_s": round(wall, 1), "threads": threads, "seed": seed, "device": "cpu",
+        "wall_s": round(wall, 1),
+        "threads": threads,
+        "seed": seed,
+        "device": "cpu",
         "data": f"fashion-mnist:train padded to 32x32, repeated to RGB ({1 - SKIMAGE_SHARE:.0%}) + "
-                f"skimage colour images cropped to 32x32 patches at scales 1,1/2,1/4 ({SKIMAGE_SHARE:.0%})",
-        "torch": torch.__version__, "python": platform.python_version(),
+        f"skimage colour images cropped to 32x32 patches at scales 1,1/2,1/4 ({SKIMAGE_SHARE:.0%})",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "parameters": count_parameters(model),
     }
     if kind == "vq":
@@ -154,11 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
-    model, record = train(a.kind, a.minutes, a.max_steps, a.batch_size, a.lr, a.kl_weight, a.restart_every,
-                          a.seed, a.threads)
+    model, record = train(a.kind, a.minutes, a.max_steps, a.batch_size, a.lr, a.kl_weight, a.restart_every, a.seed, a.threads)
     save_native_autoencoder(model, a.out, training=record)
-    print(f"saved {a.out}: {record['steps']} steps in {record['wall_s']} s, final L1 {record['final_l1_last100']:.4f}",
-          file=sys.stderr)
+    print(f"saved {a.out}: {record['steps']} steps in {record['wall_s']} s, final L1 {record['final_l1_last100']:.4f}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -141,9 +141,14 @@ def _train(args: argparse.Namespace, kind: str) -> None:
                     ema[k].copy_(v)
         losses.append(float(loss.detach()))
         if step % args.log_every == 0:
-            _log(work, {"step": step, "loss": float(np.mean(losses[-args.log_every:])), "lr": lr, "wall_s": round(wall_done + time.time() - t_start, 1)})
+            _log(
+                work,
+                {"step": step, "loss": float(np.mean(losses[-args.log_every :])), "lr": lr, "wall_s": round(wall_done + time.time() - t_start, 1)},
+            )
         if time.time() - last_save > args.save_every:
-            _save_state(ckpt, {"model": net.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "wall_s": wall_done + time.time() - t_start})
+            _save_state(
+                ckpt, {"model": net.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "wall_s": wall_done + time.time() - t_start}
+            )
             last_save = time.time()
     wall = wall_done + time.time() - t_start
     _save_state(ckpt, {"model": net.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "wall_s": wall})
