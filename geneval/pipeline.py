@@ -228,6 +228,15 @@ def preflight(cfg: RunConfig) -> RunPlan:
 DEMO_GENERATORS = ("demo-ldm", "demo-vqd")
 
 
+def _is_latent_folder(model: str | None) -> bool:
+    """A geneval latent-model folder (config.json naming its own autoencoder), e.g. an exported demo."""
+    if model is None:
+        return False
+    from geneval.sampling.latent import is_latent_native
+
+    return is_latent_native(model)
+
+
 def load_generator(cfg: RunConfig) -> Any:
     """The latent / discrete / cascade generator a configuration asks for; None for a pixel-space UNet.
 
@@ -266,7 +275,7 @@ def load_generator(cfg: RunConfig) -> Any:
         from geneval.models.ldm_formats import load_ldm_generator
 
         gen = load_ldm_generator(cfg.model, cfg.model_config, device=device, quantize=quantize)
-    elif cfg.vae is not None:
+    elif cfg.vae is not None or _is_latent_folder(cfg.model):
         from geneval.sampling.latent import load_latent_generator
 
         gen = load_latent_generator(cfg.model, cfg.vae, cfg_channels=cfg.cfg_channels, device=device)
