@@ -321,8 +321,8 @@ def run(
     metrics: str = "fid",
     ref: str | None = None,
     n: int = 50_000,
-    sampler: str = "ddim",
-    steps: int = 25,
+    sampler: str | None = None,
+    steps: int | None = None,
     guidance: float | None = None,
     convention: str | None = None,
     classifier: str | None = None,
@@ -337,7 +337,8 @@ def run(
     run_id: str | None = None,
     progress: bool = True,
     preset: str | None = None,
-) -> ResultSet:
+    **options: Any,
+) -> ResultSet | None:
     """Sample from a checkpoint and score the samples in one pass; write `<out_dir>/<run_id>/`.
 
     Args:
@@ -345,8 +346,8 @@ def run(
         metrics: metric / group names, e.g. "fid,pr".
         ref: reference images / ADM batch / stats npz; None with the demo = Fashion-MNIST test.
         n: number of samples.
-        sampler: ddim, ddpm, dpmpp_2m, euler, heun.
-        steps: sampling steps.
+        sampler: ddim, ddpm, dpmpp_2m, euler, heun; None: the model's own default, else ddim.
+        steps: sampling steps; None: the model's own default, else 25.
         guidance: classifier-free guidance scale (None = off), in `convention`.
         convention: "w" (eps=(1+w)eps_c-w*eps_u) or "s" (eps=eps_u+s(eps_c-eps_u)).
         classifier: noisy classifier checkpoint for classifier guidance.
@@ -361,6 +362,10 @@ def run(
         run_id: report folder name (default: a new id).
         progress: progress bars on stderr.
         preset: architecture preset for guided-diffusion .pt checkpoints.
+        options: any other RunConfig field (vae, model_config, vq, upsampler, features, ci,
+            convention_source, shard_size, ...), as the CLI's options of the same name.
+    Returns:
+        The ResultSet; None on ranks other than 0 under torchrun.
     """
     cfg = RunConfig(
         model=model,
@@ -383,6 +388,7 @@ def run(
         out_dir=out_dir,
         run_id=run_id,
         progress=progress,
+        **options,
     )
     return run_config(cfg)
 
