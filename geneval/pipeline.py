@@ -256,6 +256,9 @@ def load_generator(cfg: RunConfig) -> Any:
     elif cfg.model == "demo-vqd" or cfg.vq is not None:
         from geneval.models.discrete_generator import load_vqdiffusion
 
+        if cfg.cfg_channels is not None:
+            raise GenevalError("--cfg-channels applies to latent (DiT) models; VQ-Diffusion guides its token logits")
+
         kw: dict[str, Any] = {} if cfg.truncation_rate is None else {"truncation_rate": cfg.truncation_rate}
         gen = load_vqdiffusion(cfg.model, vq=cfg.vq, token_map=cfg.vq_token_map, vq_config=cfg.vq_config, skip=cfg.skip, device=device, **kw)
     elif cfg.upsampler is not None:
