@@ -140,6 +140,8 @@ def test_eval_metrics_agree_across_world_sizes(runs, tmp_path, cache):
                 METRICS,
                 "--device",
                 "cpu",
+                "--seed",  # the run's seed: KID draws the same subsets as the run did
+                "5",
                 "--batch-size",
                 "4",
                 "--shard-size",
