@@ -104,9 +104,6 @@ def register(app: typer.Typer) -> None:
             respacing_convention=respacing_convention,
             use_clipped_model_output=use_clipped_model_output,
         )
-        for kind in ("convention_source", "respacing_convention"):
-            if getattr(cfg, kind) is not None:
-                vocab.check(kind, getattr(cfg, kind))
         cfg.validate()  # sampler, steps, convention, quantisation: before loading anything
         if classifier_scale > 0 and classifier is None:
             raise GenevalError("--classifier-scale > 0 needs a noisy classifier: pass --classifier CKPT (and --classifier-preset for a .pt)")

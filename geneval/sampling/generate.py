@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geneval import vocab
 from geneval.errors import GenevalError
 from geneval.sampling.aligned import aligned_call
 from geneval.sampling.guidance import (
@@ -95,6 +96,9 @@ class SamplingConfig:
             raise GenevalError(f"unknown guidance convention {self.convention!r}; use 'w' or 's'")
         if self.quantize not in QUANTISATIONS:
             raise GenevalError(f"unknown quantisation {self.quantize!r}; known: {', '.join(QUANTISATIONS)}")
+        for kind in ("convention_source", "respacing_convention"):  # the sampling config checks its own fields
+            if getattr(self, kind) is not None:
+                vocab.check(kind, getattr(self, kind))
         if self.classifier_scale < 0:
             raise GenevalError(f"classifier scale must be >= 0, got {self.classifier_scale}")
         if self.classifier_scale > 0 and not spec.supports_classifier_guidance:
