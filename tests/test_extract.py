@@ -60,11 +60,14 @@ def test_need_logits_without_logits_file():
         FeatureExtractor(device="cpu", need_logits=True)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"mode": "lanczos"}, "resize mode"),
-    ({"precision": "bf16"}, "precision"),
-    ({"batch_size": 0}, "batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"mode": "lanczos"}, "resize mode"),
+        ({"precision": "bf16"}, "precision"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
 def test_bad_options(kwargs, match):
     with pytest.raises(GenevalError, match=match):
         FeatureExtractor(device="cpu", **kwargs)
@@ -78,8 +81,7 @@ def test_fast_on_cpu_falls_back_to_exact():
 
 def test_tf32_scope_restores_global_flags():
     def flags():
-        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                torch.get_float32_matmul_precision())
+        return (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
 
     before = flags()
     with tf32_scope(True):
@@ -88,7 +90,7 @@ def test_tf32_scope_restores_global_flags():
         assert flags() == (False, False, "highest")
     assert flags() == before
     with pytest.raises(ZeroDivisionError), tf32_scope(not before[0]):
-        1 / 0
+        _ = 1 / 0
     assert flags() == before
 
 

@@ -81,9 +81,16 @@ class FeatureExtractor:
         allow_download: let weight resolution download pytorch-fid's file when online.
     """
 
-    def __init__(self, mode: str = "tf", device: torch.device | str | None = None, precision: str = "exact",
-                 weights: str | ResolvedWeights | None = None, need_logits: bool = False,
-                 batch_size: int = DEFAULT_BATCH_SIZE, allow_download: bool = False):
+    def __init__(
+        self,
+        mode: str = "tf",
+        device: torch.device | str | None = None,
+        precision: str = "exact",
+        weights: str | ResolvedWeights | None = None,
+        need_logits: bool = False,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        allow_download: bool = False,
+    ):
         if mode not in MODES:
             raise GenevalError(f"unknown resize mode {mode!r}: choose one of {', '.join(MODES)}")
         if precision not in PRECISIONS:
@@ -140,15 +147,21 @@ class FeatureExtractor:
         parts: list[dict[str, torch.Tensor]] = []
         with torch.inference_mode():
             for start in range(0, x.shape[0], self.batch_size):
-                chunk = preprocess(x[start:start + self.batch_size], self.mode, device=self.device)
+                chunk = preprocess(x[start : start + self.batch_size], self.mode, device=self.device)
                 parts.append(self._run(chunk))
         if len(parts) == 1:
             return parts[0]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
-    def extract_all(self, batches: Iterable[np.ndarray | torch.Tensor], progress: bool = True,
-                    total: int | None = None, *, initial: int = 0,
-                    on_batch: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, np.ndarray]:
+    def extract_all(
+        self,
+        batches: Iterable[np.ndarray | torch.Tensor],
+        progress: bool = True,
+        total: int | None = None,
+        *,
+        initial: int = 0,
+        on_batch: Callable[[dict[str, np.ndarray]], None] | None = None,
+    ) -> dict[str, np.ndarray]:
         """Stream batches through `extract`; returns float32 numpy arrays (N×D) per output.
 
         Args:
@@ -163,8 +176,7 @@ class FeatureExtractor:
 
         chunks: dict[str, list[np.ndarray]] = {}
         n = 0
-        with tqdm(total=total, initial=initial, unit="img", desc="inception", file=sys.stderr,
-                  disable=not progress) as bar:
+        with tqdm(total=total, initial=initial, unit="img", desc="inception", file=sys.stderr, disable=not progress) as bar:
             for batch in batches:
                 feats = {k: v.numpy() for k, v in self.extract(batch).items()}
                 for k, v in feats.items():
