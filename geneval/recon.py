@@ -42,7 +42,10 @@ PIXEL_METRICS = ("psnr", "ssim", "lpips")
 FEATURE_METRICS = {"rfid": "pool3", "rsfid": "spatial"}
 LATENT_METRICS = ("latent_scale", "latent_std", "latent_mean")
 CODEBOOK_METRICS = ("codebook_perplexity", "codebook_usage", "dead_codes")
-RECON_METRICS = PIXEL_METRICS + tuple(FEATURE_METRICS) + LATENT_METRICS + CODEBOOK_METRICS
+# Residual quantisation per depth (RQ-VAE): metric → DepthTally.report key; rows are named <metric>_d<k>.
+RQ_METRICS = {"rq_mse": "mse", "rq_psnr": "psnr", "rq_perplexity": "perplexity", "rq_usage": "usage", "rq_dead_codes": "dead_codes"}
+RECON_METRICS = PIXEL_METRICS + tuple(FEATURE_METRICS) + LATENT_METRICS + CODEBOOK_METRICS + tuple(RQ_METRICS)
+RQ_FIT_ITERS = 20
 QUANTISATION = "round((x + 1) * 127.5) clipped to 0..255"
 
 
@@ -64,6 +67,7 @@ class ReconConfig:
         lpips_random_backbone: seeded random LPIPS trunk — mechanics tests only.
         mode: TF-Inception preprocessing for rFID (tf, pytorch, clean).
         inception_weights: explicit TF-Inception weight file.
+        rq_depth / rq_codes / rq_fit / rq_codebooks: the residual-quantisation check (see `recon`).
     """
 
     ae: str | None
@@ -80,6 +84,10 @@ class ReconConfig:
     lpips_random_backbone: bool
     mode: str
     inception_weights: str | None
+    rq_depth: int | None = None
+    rq_codes: int | None = None
+    rq_fit: int | None = None
+    rq_codebooks: str | None = None
 
 
 def default_metrics(kind: str | None) -> tuple[str, ...]:
@@ -90,14 +98,18 @@ def default_metrics(kind: str | None) -> tuple[str, ...]:
     return base + LATENT_METRICS + (CODEBOOK_METRICS if kind == "vq" else ())
 
 
-def _check_metrics(names: list[str], kind: str | None) -> None:
+def _check_metrics(names: list[str], kind: str | None, rq: bool = False) -> None:
     for m in names:
         if m not in RECON_METRICS:
             raise GenevalError(f"{m!r} is not a reconstruction metric; recon computes: {', '.join(RECON_METRICS)}")
+    if not rq and any(m in RQ_METRICS for m in names):
+        raise GenevalError(f"{', '.join(m for m in names if m in RQ_METRICS)} need a residual quantiser: give --rq-depth D")
     if kind is None:
         bad = [m for m in names if m in LATENT_METRICS + CODEBOOK_METRICS]
         if bad:
             raise GenevalError(f"{', '.join(bad)} need an autoencoder (--ae), not stored reconstructions")
+        if rq:
+            raise GenevalError("--rq-depth needs an autoencoder (--ae), not stored reconstructions")
     elif kind != "vq":
         bad = [m for m in names if m in CODEBOOK_METRICS]
         if bad:
@@ -164,6 +176,7 @@ class _Tally:
         self.moments: ChannelMoments | None = None
         self.first_scale: tuple[float, int] | None = None
         self.codes: torch.Tensor | None = None
+        self.rq: Any = None  # geneval.metrics.codebook.DepthTally when a residual quantiser runs
         self.n = 0
 
 
@@ -183,6 +196,10 @@ def recon(
     inception_weights: str | None = None,
     lpips_random_backbone: bool = False,
     progress: bool = False,
+    rq_depth: int | None = None,
+    rq_codes: int | None = None,
+    rq_fit: int = 256,
+    rq_codebooks: str | None = None,
 ) -> ResultSet:
     """Score an autoencoder's reconstructions (or stored reconstructions) of a data set.
 
@@ -203,6 +220,16 @@ def recon(
         inception_weights: explicit TF-Inception weight file.
         lpips_random_backbone: random LPIPS trunk, for tests of mechanics only (marked in results).
         progress: show a progress bar on stderr.
+        rq_depth: put a D-depth residual quantiser (RQ-VAE, one codebook shared by all depths) on the
+            autoencoder's latents (VQ: the pre-quantisation map; KL: the posterior mode) and report,
+            per depth d, code usage, perplexity, dead codes and the error of the image decoded from
+            the first d codes (rows ``rq_psnr_d1`` …). Adds the ``rq`` metrics.
+        rq_codes: codes K of that codebook (default: the VQ codebook size, 256 for KL).
+        rq_fit: without `rq_codebooks`, fit the codebook by k-means (20 Lloyd iterations, seeded)
+            on the latents of the first `rq_fit` images of `data`: an in-sample fit that measures
+            what residual quantisation of this encoder can reach, not a trained RQ-VAE.
+        rq_codebooks: trained codebooks instead: a safetensors file with ``codebooks`` of shape
+            (1, K, C) (shared across depths) or (D, K, C) (one per depth).
     """
     t0 = time.time()
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -220,8 +247,12 @@ def recon(
 
         loaded = load_autoencoder(ae, config=ae_config, device=dev)
     kind = loaded.config.kind if loaded else None
+    rq_on = rq_depth is not None or rq_codebooks is not None
     names = expand_metrics(metrics) if metrics else list(default_metrics(kind))
-    _check_metrics(names, kind)
+    if rq_on and not any(m in RQ_METRICS for m in names):
+        names += list(RQ_METRICS)  # --rq-depth asks for the per-depth rows; --metrics may pick some of them
+    _check_metrics(names, kind, rq=rq_on)
+    rq_plan = _rq_plan(loaded, rq_depth, rq_codes, rq_fit, rq_codebooks, dev) if rq_on else None
     if any(m in FEATURE_METRICS for m in names) and n is not None and n < 2:
         raise GenevalError("rFID needs at least 2 images")
     lp = None
@@ -255,10 +286,20 @@ def recon(
         lpips_random_backbone=lpips_random_backbone,
         mode=mode,
         inception_weights=inception_weights,
+        rq_depth=rq_plan.quantizer.depth if rq_plan else None,
+        rq_codes=rq_plan.quantizer.n_embed if rq_plan else None,
+        rq_fit=rq_fit if rq_plan and rq_plan.fitted else None,
+        rq_codebooks=rq_codebooks,
     )
 
     tally = _Tally()
-    stream = _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally)
+    if rq_plan is not None:
+        from geneval.metrics.codebook import DepthTally
+
+        if rq_plan.fitted:
+            _fit_rq(rq_plan, src, loaded, batch_size, min(rq_fit, n) if n else rq_fit, dev, seed)
+        tally.rq = DepthTally(rq_plan.quantizer.n_embed, rq_plan.quantizer.depth)
+    stream = _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally, rq_plan)
     from tqdm.auto import tqdm
 
     with tqdm(total=n or src.n, unit="img", desc="recon", file=sys.stderr, disable=not progress) as bar:
@@ -269,10 +310,107 @@ def recon(
         raise GenevalError(f"{cfg.data}: no images were read")
     if n is not None and tally.n < n:
         log.warning("asked for n=%d but the data holds %d images: using %d", n, tally.n, tally.n)
-    return _rows(cfg, names, tally, loaded, src, extractor, lp, time.time() - t0)
+    return _rows(cfg, names, tally, loaded, src, extractor, lp, time.time() - t0, rq_plan)
 
 
-def _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+@dataclass
+class _RQPlan:
+    """A residual quantiser around a loaded autoencoder's latents, and how its codebooks came to be."""
+
+    model: Any  # geneval.models.autoencoder_rq.RQAutoencoder
+    quantizer: Any  # geneval.models.autoencoder_rq.ResidualQuantizer
+    latents: str
+    fitted: bool
+    source: str
+    codebooks_sha256: str | None = None
+    fit_images: int = 0
+    fit_residual_mse: list[float] | None = None
+
+
+def _rq_plan(loaded, depth: int | None, codes: int | None, fit: int, codebooks: str | None, dev: torch.device) -> _RQPlan:
+    """Preflight of the RQ check: build the quantiser (loading trained codebooks when given), fit nothing yet."""
+    from geneval.models.autoencoder_rq import ResidualQuantizer, RQAutoencoder
+
+    if loaded is None:
+        raise GenevalError("--rq-depth needs an autoencoder (--ae), not stored reconstructions")
+    if depth is not None and depth < 1:
+        raise GenevalError(f"--rq-depth must be >= 1, got {depth}")
+    if codes is not None and codes < 2:
+        raise GenevalError(f"--rq-codes must be >= 2, got {codes}")
+    if fit < 1:
+        raise GenevalError(f"--rq-fit must be >= 1 image, got {fit}")
+    c = int(loaded.config.embed_dim)
+    model = loaded.model
+    if loaded.config.kind == "kl":
+        encode, latents = (lambda x: model.encode(x).mode()), "KL posterior mode"
+    else:
+        encode, latents = model.encode, "VQ pre-quantisation map"
+    sha = None
+    if codebooks is not None:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        from geneval.runner.output import sha256_file
+
+        try:
+            table = load_file(codebooks)
+        except (OSError, SafetensorError) as e:
+            raise GenevalError(f"--rq-codebooks {codebooks}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+        cb = table.get("codebooks")
+        if cb is None or cb.ndim != 3 or not cb.is_floating_point():
+            raise GenevalError(f"--rq-codebooks {codebooks}: needs a float tensor 'codebooks' of shape (1 or D, K, C); found {sorted(table)}")
+        d_file, k, c_file = cb.shape
+        if c_file != c:
+            raise GenevalError(f"--rq-codebooks {codebooks}: code dimension {c_file} but the autoencoder's latents have {c} channels")
+        if codes is not None and codes != k:
+            raise GenevalError(f"--rq-codes {codes} disagrees with the {k} codes in {codebooks}")
+        if not torch.isfinite(cb).all():
+            raise GenevalError(f"--rq-codebooks {codebooks}: the codebooks hold non-finite values")
+        if d_file == 1 and depth is None:
+            raise GenevalError(f"{codebooks} holds one shared codebook: give --rq-depth D")
+        if d_file > 1 and depth is not None and depth != d_file:
+            raise GenevalError(f"--rq-depth {depth} disagrees with the {d_file} per-depth codebooks in {codebooks}")
+        q = ResidualQuantizer(k, c, depth or d_file, shared=d_file == 1)
+        with torch.no_grad():
+            for d in range(d_file):
+                q.codebooks[d].weight.copy_(cb[d])
+        sha = sha256_file(codebooks)
+        source = f"trained codebooks from {codebooks}"
+    else:
+        if depth is None:
+            raise GenevalError("give --rq-depth D for the residual-quantisation check")
+        k = codes or (int(loaded.config.n_embed) if loaded.config.kind == "vq" else 256)
+        q = ResidualQuantizer(k, c, depth, shared=True)
+        source = "fitted: k-means on the data's first latents"
+    rq = RQAutoencoder(encode, model.decode, q.to(dev)).eval()
+    return _RQPlan(rq, q, latents, codebooks is None, source, sha)
+
+
+def _fit_rq(plan: _RQPlan, src: Source, loaded, batch_size: int, fit_n: int, dev: torch.device, seed: int) -> None:
+    """Fit the shared codebook by k-means on the latents of the first `fit_n` images of `src`."""
+    from geneval.models.autoencoder_rq import fit_residual_codebooks
+
+    vecs, seen = [], 0
+    for batch, _ in src.batches(batch_size):
+        batch = _fit_channels(batch[: fit_n - seen], loaded.config.in_channels)
+        with torch.inference_mode():
+            z = plan.model.encode(_to_pm1(batch, dev))
+        vecs.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float())
+        seen += len(batch)
+        if seen >= fit_n:
+            break
+    if not vecs:
+        raise GenevalError("no images to fit the residual codebook on")
+    latents = torch.cat(vecs)
+    if len(latents) < plan.quantizer.n_embed:
+        raise GenevalError(
+            f"--rq-fit {fit_n}: {len(latents)} latent vectors cannot fit {plan.quantizer.n_embed} codes; fit on more images or lower --rq-codes"
+        )
+    plan.fit_residual_mse = fit_residual_codebooks(plan.quantizer, latents, iters=RQ_FIT_ITERS, generator=torch.Generator().manual_seed(seed))
+    plan.fit_images = seen
+
+
+def _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally, rq_plan=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(original, reconstruction) uint8 NHWC batches; runs the autoencoder and collects latents/codes."""
     want_latents = any(m in LATENT_METRICS for m in names)
     want_codes = any(m in CODEBOOK_METRICS for m in names)
@@ -300,6 +438,11 @@ def _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally) -> Ite
                     f"reconstructions {tuple(out.recon.shape[1:])} differ in size from the originals {(orig.shape[3], h, w)} (C, H, W)"
                 )
             rec = _to_uint8(out.recon)
+            if rq_plan is not None:
+                with torch.inference_mode():
+                    by_depth, idx = rq_plan.model.reconstruct_by_depth(_to_pm1(orig, dev))
+                # Scored like the psnr row: uint8-rounded reconstructions against the originals, in [0, 1].
+                tally.rq.update(idx, orig / 255.0, [_to_uint8(r) / 255.0 for r in by_depth])
             if want_latents:
                 if tally.moments is None:
                     tally.moments = ChannelMoments(out.latents.shape[1])
@@ -336,7 +479,7 @@ def _score_batch(orig: np.ndarray, rec: np.ndarray, names: list[str], lp, extrac
                 tally.acc[layer][1].update(fr[layer])
 
 
-def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wall: float) -> ResultSet:
+def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wall: float, rq_plan: _RQPlan | None = None) -> ResultSet:
     run_id = new_run_id("recon")
     model_name = loaded.name if loaded else "stored reconstructions"
     common_extra: dict[str, Any] = {"data": cfg.data, "quantisation": QUANTISATION}
@@ -355,6 +498,7 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
 
     def add(metric: str, value: float, std: float | None = None, **kw: Any) -> None:
         extra = {**common_extra, **kw.pop("extra", {})}
+        spec = kw.pop("spec", metric)
         rows.append(
             ResultRow(
                 run_id=run_id,
@@ -362,7 +506,7 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
                 value=float(value),
                 std=std,
                 n=tally.n,
-                higher_is_better=get_metric(metric).higher_is_better,
+                higher_is_better=get_metric(spec).higher_is_better,
                 model=model_name,
                 seed=cfg.seed,
                 ref_sha256=ref_hash,
@@ -441,6 +585,26 @@ def _rows(cfg: ReconConfig, names, tally: _Tally, loaded, src, extractor, lp, wa
         for m in CODEBOOK_METRICS:
             if m in names:
                 add(m, values[m], extra=cb)
+    if tally.rq is not None:
+        q = rq_plan.quantizer
+        rq_extra = {
+            "rq_depth": q.depth,
+            "rq_codes": q.n_embed,
+            "rq_shared_codebook": q.shared,
+            "rq_latents": rq_plan.latents,
+            "rq_codebooks": rq_plan.source,
+            "rq_codebooks_sha256": rq_plan.codebooks_sha256,
+            "quantisation": QUANTISATION + "; error on [0, 1] pixels, like psnr",
+        }
+        if rq_plan.fitted:
+            rq_extra.update(
+                rq_fit_images=rq_plan.fit_images, rq_fit_iters=RQ_FIT_ITERS, rq_fit_seed=cfg.seed, rq_fit_residual_mse=rq_plan.fit_residual_mse
+            )
+        for row in tally.rq.report(data_range=1.0):
+            d = row["depth"]
+            for m, key in RQ_METRICS.items():
+                if m in names:
+                    add(f"{m}_d{d}", row[key], spec=m, extra={**rq_extra, "depth": d, "tokens": row["tokens"]})
     config = {
         "command": "recon",
         **asdict(cfg),

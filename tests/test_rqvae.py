@@ -120,3 +120,103 @@ def test_metrics_do_not_import_models():
         a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     ]
     assert not any(m and m.startswith(("geneval.models", "geneval.sampling")) for m in mods)
+
+
+# ---- `geneval recon --rq-depth`: the per-depth check on a real (shipped demo) autoencoder
+
+
+def _rq_rows(rs, metric):
+    return [r for r in rs.rows if r.metric.startswith(metric + "_d")]
+
+
+def test_recon_fits_a_residual_codebook_and_reports_each_depth(one_thread):
+    from geneval.recon import recon
+
+    rs = recon("demo-vq", data="fashion-mnist:test[0:24]", metrics="psnr", n=None, rq_depth=3, rq_codes=16, rq_fit=24, device="cpu")
+    psnr = _rq_rows(rs, "rq_psnr")
+    assert [r.metric for r in psnr] == ["rq_psnr_d1", "rq_psnr_d2", "rq_psnr_d3"]
+    mse = [r.value for r in _rq_rows(rs, "rq_mse")]
+    assert mse[-1] < mse[0]  # codes fitted on these latents: more depth, less error
+    for r in psnr:  # PSNR on [0, 1] pixels from the same MSE
+        m = next(x.value for x in rs.rows if x.metric == f"rq_mse_d{r.extra['depth']}")
+        assert r.value == pytest.approx(10 * np.log10(1 / m), rel=1e-9)
+        assert r.higher_is_better is True and r.extra["rq_codes"] == 16 and r.extra["rq_fit_images"] == 24
+    usage = _rq_rows(rs, "rq_usage")
+    dead = _rq_rows(rs, "rq_dead_codes")
+    for u, d in zip(usage, dead):
+        assert u.value == pytest.approx(1 - d.value / 16) and u.extra["tokens"] == 24 * 8 * 8  # 32×32 images, f4 latents
+    assert rs.config["rq_depth"] == 3 and rs.config["rq_fit"] == 24
+    from geneval.report.tables import build_comparison, to_markdown
+
+    assert "rq_psnr_d3" in to_markdown(build_comparison([rs]))
+
+
+def test_recon_with_trained_codebooks_equals_the_quantiser_run_by_hand(tmp_path, one_thread):
+    from safetensors.torch import save_file
+
+    from geneval.models.ae_formats import load_autoencoder
+    from geneval.recon import recon
+    from geneval.sources import open_source
+
+    g = torch.Generator().manual_seed(3)
+    books = torch.randn(2, 32, 4, generator=g)  # per-depth codebooks: depth 2 gets its own
+    path = tmp_path / "rq.safetensors"
+    save_file({"codebooks": books}, str(path))
+    rs = recon("demo-vq", data="fashion-mnist:test[0:10]", metrics="rq", n=None, rq_codebooks=str(path), device="cpu")
+    assert {r.metric for r in rs.rows} == {f"{m}_d{d}" for m in ("rq_mse", "rq_psnr", "rq_perplexity", "rq_usage", "rq_dead_codes") for d in (1, 2)}
+
+    ae = load_autoencoder("demo-vq")
+    q = ResidualQuantizer(32, 4, depth=2, shared=False)
+    with torch.no_grad():
+        for d in range(2):
+            q.codebooks[d].weight.copy_(books[d])
+    x = np.concatenate([b for b, _ in open_source("fashion-mnist:test[0:10]").batches(10)])
+    x3 = np.repeat(x, 3, axis=-1)
+    t = torch.from_numpy(x3).permute(0, 3, 1, 2).float() / 127.5 - 1
+    recons, idx = RQAutoencoder(ae.model.encode, ae.model.decode, q).reconstruct_by_depth(t)
+    u8 = [((r + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy() / 255.0 for r in recons]
+    want = CB.DepthTally(32, 2).update(idx, x3 / 255.0, u8).report(data_range=1.0)
+    for row in want:
+        got = {r.metric: r.value for r in rs.rows}
+        d = row["depth"]
+        assert got[f"rq_mse_d{d}"] == pytest.approx(row["mse"], rel=1e-12)
+        assert got[f"rq_perplexity_d{d}"] == pytest.approx(row["perplexity"], rel=1e-12)
+        assert got[f"rq_dead_codes_d{d}"] == row["dead_codes"]
+    assert rs.rows[0].extra["rq_codebooks_sha256"] and "rq_fit_images" not in rs.rows[0].extra
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"rq_depth": 0}, "--rq-depth must be >= 1"),
+        ({"rq_depth": 2, "rq_codes": 1}, "--rq-codes must be >= 2"),
+        ({"metrics": "rq_psnr"}, "need a residual quantiser: give --rq-depth"),
+        ({"ae": None, "reconstructions": "fashion-mnist:test[0:4]", "rq_depth": 2}, "needs an autoencoder"),
+        ({"rq_depth": 2, "rq_codes": 4096, "rq_fit": 2}, "cannot fit 4096 codes"),
+    ],
+)
+def test_recon_rq_user_errors(kwargs, match):
+    from geneval.recon import recon
+
+    args = {"ae": "demo-vq", "data": "fashion-mnist:test[0:4]", "n": None, "metrics": "psnr", "device": "cpu", **kwargs}
+    with pytest.raises(GenevalError, match=match):
+        recon(**args)
+
+
+@pytest.mark.parametrize(
+    "tensors, match",
+    [
+        ({"codebooks": torch.zeros(2, 8, 3)}, "code dimension 3"),
+        ({"books": torch.zeros(2, 8, 4)}, "needs a float tensor 'codebooks'"),
+        ({"codebooks": torch.zeros(1, 8, 4)}, "one shared codebook: give --rq-depth"),
+    ],
+)
+def test_recon_rq_codebook_file_errors(tmp_path, tensors, match):
+    from safetensors.torch import save_file
+
+    from geneval.recon import recon
+
+    path = tmp_path / "rq.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(GenevalError, match=match):
+        recon("demo-vq", data="fashion-mnist:test[0:4]", n=None, metrics="psnr", device="cpu", rq_codebooks=str(path))

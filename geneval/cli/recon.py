@@ -14,6 +14,7 @@ EXAMPLES = """
 Examples:
   geneval recon                                   # shipped KL demo on fashion-mnist:test, N=500
   geneval recon --ae demo-vq                      # the VQ demo: adds codebook usage
+  geneval recon --ae demo-vq --rq-depth 4         # residual quantisation: usage and error per depth
   geneval recon --ae sd-vae.safetensors --data imgs/ --metrics psnr,ssim,lpips,rfid --n 1000
   geneval recon --ae ldm.ckpt --ae-config ldm.yaml --out reports/recon-ldm/
   geneval recon --data originals.npz --reconstructions recons.npz --metrics psnr,ssim
@@ -73,7 +74,7 @@ def register(app: typer.Typer) -> None:
             "--metrics",
             help="Comma list from psnr, ssim, lpips, rfid, rsfid, "
             "latent (latent_scale, latent_std, latent_mean), codebook (VQ). Default: "
-            "psnr,ssim,rfid,latent[,codebook] — all offline.",
+            "psnr,ssim,rfid,latent[,codebook] — all offline; rq (per-depth rows) comes with --rq-depth.",
         ),
         n: int = typer.Option(500, "--num-samples", "--n", min=0, help="Images to use (0: all). rFID at small N is biased upward."),
         batch_size: int = typer.Option(50, "--batch-size", min=1, help="Images per batch."),
@@ -86,6 +87,19 @@ def register(app: typer.Typer) -> None:
         mode: str = typer.Option("tf", "--mode", help="TF-Inception preprocessing for rFID: tf, pytorch, clean."),
         inception_weights: Path | None = typer.Option(None, "--inception-weights", help="TF-Inception weight file."),
         out: Path | None = typer.Option(None, "--out", help="Write results: a folder (results.json/.csv/.md) or one file by suffix."),
+        rq_depth: int | None = typer.Option(
+            None,
+            "--rq-depth",
+            help="Residual quantisation check (RQ-VAE): D codes per latent position from one shared codebook; "
+            "reports usage, perplexity, dead codes and the error after each depth (rows rq_psnr_d1 …).",
+        ),
+        rq_codes: int | None = typer.Option(None, "--rq-codes", help="Codes K of the residual codebook (default: the VQ codebook size, 256 for KL)."),
+        rq_fit: int = typer.Option(
+            256, "--rq-fit", help="Fit the residual codebook by k-means on the latents of the first N images of --data (in-sample, seeded)."
+        ),
+        rq_codebooks: str | None = typer.Option(
+            None, "--rq-codebooks", help="Trained residual codebooks instead of fitting: safetensors with 'codebooks' (1 or D, K, C)."
+        ),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
     ) -> None:
         """Reconstruct a data set with an autoencoder and score the reconstructions."""
@@ -108,6 +122,10 @@ def register(app: typer.Typer) -> None:
             mode=mode,
             inception_weights=str(inception_weights) if inception_weights else None,
             progress=progress,
+            rq_depth=rq_depth,
+            rq_codes=rq_codes,
+            rq_fit=rq_fit,
+            rq_codebooks=rq_codebooks,
         )
         cfg = rs.config
         who = cfg.get("ae") or f"stored reconstructions {cfg.get('reconstructions')}"

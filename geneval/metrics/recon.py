@@ -197,6 +197,12 @@ RECON_METRICS = (
     MetricSpec("codebook_perplexity", True, (), False, "codebook", "exp(entropy) of VQ code use; K is uniform, 1 collapsed"),
     MetricSpec("codebook_usage", True, (), False, "codebook", "Share of VQ codes used at least once"),
     MetricSpec("dead_codes", False, (), False, "codebook", "Number of VQ codes never used"),
+    # Residual quantisation (`recon --rq-depth D`): each yields one row per depth, named <metric>_d<k>.
+    MetricSpec("rq_mse", False, (), False, "rq", "MSE (pixels in [0, 1]) of the image decoded from the first d residual codes, per depth"),
+    MetricSpec("rq_psnr", True, (), False, "rq", "PSNR (dB) of the image decoded from the first d residual codes, per depth"),
+    MetricSpec("rq_perplexity", True, (), False, "rq", "exp(entropy) of the depth-d residual codes, per depth"),
+    MetricSpec("rq_usage", True, (), False, "rq", "Share of codes used at least once at depth d, per depth"),
+    MetricSpec("rq_dead_codes", False, (), False, "rq", "Codes never used at depth d, per depth"),
 )
 for _spec in RECON_METRICS:
     register(_spec)
