@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from geneval.models.ae_formats import save_native_autoencoder
 from geneval.models.autoencoder import AEConfig, build_autoencoder, count_parameters
+from geneval.zoo.training import WallClock, optimizer_step
 
 # The demo trunk: ~0.24M parameters (about 1 MB as float32 safetensors).
 DEMO_TRUNK = dict(
@@ -103,9 +103,9 @@ def train(
     usage = torch.zeros(cfg.n_embed or 1)
     losses: list[float] = []
     restarts = 0
-    t0 = time.time()
+    clock = WallClock(minutes)
     step = 0
-    while step < max_steps and time.time() - t0 < minutes * 60:
+    while step < max_steps and clock.left():
         x = _batch(fm, patches, batch_size, g)
         if kind == "kl":
             rec, post = model(x, generator=g)
@@ -116,9 +116,7 @@ def train(
             rec_loss = (rec - x).abs().mean()
             loss = rec_loss + qloss
             usage += torch.bincount(idx.flatten(), minlength=cfg.n_embed).float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(opt, loss)
         losses.append(rec_loss.item())
         step += 1
         if kind == "vq" and step % restart_every == 0:
@@ -131,8 +129,8 @@ def train(
                 restarts += len(dead)
             usage.zero_()
         if step % log_every == 0:
-            print(f"[{kind}] step {step} l1 {np.mean(losses[-log_every:]):.4f} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
-    wall = time.time() - t0
+            print(f"[{kind}] step {step} l1 {np.mean(losses[-log_every:]):.4f} {clock.wall_s():.0f}s", file=sys.stderr, flush=True)
+    wall = clock.wall_s()
     record = {
         "command": "python -m geneval.zoo.train_autoencoders " + " ".join(sys.argv[1:]),
         "steps": step,

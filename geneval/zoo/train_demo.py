@@ -18,9 +18,7 @@ import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +28,7 @@ from geneval.models.classifier import ClassifierConfig, EncoderUNet
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)  # 10 real classes; index 10 is the CFG null class
 
@@ -62,12 +61,6 @@ DEMO_CLASSIFIER = ClassifierConfig(
 DEMO_DIFFUSION = DiffusionConfig(num_timesteps=1000, beta_schedule="cosine", prediction_type="eps", variance_type="fixed_small")
 
 
-def _log(work: Path, rec: dict[str, Any]) -> None:
-    print(json.dumps(rec), file=sys.stderr, flush=True)
-    with open(work / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
 def _data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     ds = load_fashion_mnist("train", pad_to=32)
     x = torch.from_numpy(ds.images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # [-1, 1]
@@ -76,12 +69,6 @@ def _data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _alphas_cumprod(device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.cumprod(1.0 - DEMO_DIFFUSION.betas())).float().to(device)
-
-
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def _train(args: argparse.Namespace, kind: str) -> None:
@@ -96,21 +83,18 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         net = UNetModel(DEMO_UNET).to(device)
     else:
         net = EncoderUNet(DEMO_CLASSIFIER).to(device)
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    ema = ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0 if kind == "unet" else 0.05)
     step, wall_done = 0, 0.0
     ckpt = work / "state.pt"
-    if ckpt.exists():  # resume
-        st = torch.load(ckpt, map_location=device, weights_only=True)
-        net.load_state_dict(st["model"])
+    st = resume_state(ckpt, net, opt, map_location=device)
+    if st is not None:
         ema = st["ema"]
-        opt.load_state_dict(st["opt"])
         step, wall_done = int(st["step"]), float(st["wall_s"])
     gen = torch.Generator(device=device).manual_seed(args.seed + step)
-    t_start, last_save, losses = time.time(), time.time(), []
-    budget = args.minutes * 60.0 - wall_done
+    clock, losses = WallClock(args.minutes, wall_done, args.save_every), []
     net.train()
-    while step < args.max_steps and time.time() - t_start < budget:
+    while step < args.max_steps and clock.left():
         idx = torch.randint(0, len(x_all), (args.batch,), device=device, generator=gen)
         x0, y = x_all[idx], y_all[idx]
         t = torch.randint(0, DEMO_DIFFUSION.num_timesteps, (args.batch,), device=device, generator=gen)
@@ -124,34 +108,18 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         else:
             # ADM trains its noisy classifier on the full range of t (here capped so t ~ U[0, T)).
             loss = F.cross_entropy(net(xt, t), y)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        lr = warmup_lr(opt, args.lr, step, args.warmup)
+        optimizer_step(opt, loss, clip=net.parameters())
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-                else:
-                    ema[k].copy_(v)
+        ema_update(ema, net, args.ema, step)
         losses.append(float(loss.detach()))
         if step % args.log_every == 0:
-            _log(
-                work,
-                {"step": step, "loss": float(np.mean(losses[-args.log_every :])), "lr": lr, "wall_s": round(wall_done + time.time() - t_start, 1)},
-            )
-        if time.time() - last_save > args.save_every:
-            _save_state(
-                ckpt, {"model": net.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "wall_s": wall_done + time.time() - t_start}
-            )
-            last_save = time.time()
-    wall = wall_done + time.time() - t_start
-    _save_state(ckpt, {"model": net.state_dict(), "ema": ema, "opt": opt.state_dict(), "step": step, "wall_s": wall})
+            log_record(work, {"step": step, "loss": float(np.mean(losses[-args.log_every :])), "lr": lr, "wall_s": round(clock.wall_s(), 1)})
+        if clock.save_due():
+            save_state(ckpt, training_state(net, ema, opt, step, clock.wall_s()))
+            clock.saved()
+    wall = clock.wall_s()
+    save_state(ckpt, training_state(net, ema, opt, step, wall))
     final = float(np.mean(losses[-200:])) if losses else math.nan
     meta = {
         "kind": kind,
@@ -173,7 +141,7 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         "data": "Debian dataset-fashion-mnist train split (60000), zero-padded 28->32, scaled to [-1, 1]",
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _log(work, {"done": True, **meta})
+    log_record(work, {"done": True, **meta})
 
 
 def main(argv: list[str] | None = None) -> None:

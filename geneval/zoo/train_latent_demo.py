@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from geneval.models.dit import DiT, DiTConfig, count_parameters, save_native_dit
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)
 AUTOENCODER = "demo-kl"  # geneval/zoo/checkpoints/ae-kl-fmnist
@@ -53,12 +54,6 @@ DEMO_DIT = DiTConfig(
     name="demo-DiT-4x128/2",
 )
 DEMO_DIFFUSION = DiffusionConfig(num_timesteps=1000, beta_schedule="linear", prediction_type="eps", variance_type="fixed_small")
-
-
-def _log(work: Path, rec: dict[str, Any]) -> None:
-    print(json.dumps(rec), file=sys.stderr, flush=True)
-    with open(work / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 def encode_latents(work: Path, batch: int = 500) -> dict[str, Any]:
@@ -91,12 +86,6 @@ def encode_latents(work: Path, batch: int = 500) -> dict[str, Any]:
     return out
 
 
-def _save_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -110,32 +99,22 @@ def train(args: argparse.Namespace) -> None:
     abar = torch.from_numpy(np.cumprod(1.0 - DEMO_DIFFUSION.betas())).float()
     net = DiT(DEMO_DIT)
     net.initialize_weights()
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    ema = ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     step, wall_done, curve = 0, 0.0, []
     ckpt = work / "state.pt"
-    if ckpt.exists():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
-        net.load_state_dict(st["model"])
+    st = resume_state(ckpt, net, opt, map_location="cpu")
+    if st is not None:
         ema = st["ema"]
-        opt.load_state_dict(st["opt"])
         step, wall_done, curve = int(st["step"]), float(st["wall_s"]), [list(c) for c in st["curve"].tolist()]
     gen = torch.Generator().manual_seed(args.seed + step)
-    t_start, last_save, window = time.time(), time.time(), []
-    budget = args.minutes * 60.0 - wall_done
+    clock, window = WallClock(args.minutes, wall_done, args.save_every), []
     net.train()
 
     def state() -> dict[str, Any]:
-        return {
-            "model": net.state_dict(),
-            "ema": ema,
-            "opt": opt.state_dict(),
-            "step": step,
-            "wall_s": wall_done + time.time() - t_start,
-            "curve": torch.tensor(curve, dtype=torch.float64).reshape(-1, 2),
-        }
+        return training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64).reshape(-1, 2))
 
-    while step < args.max_steps and time.time() - t_start < budget:
+    while step < args.max_steps and clock.left():
         idx = torch.randint(0, len(mean), (args.batch,), generator=gen)
         z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scale
         y = labels[idx]
@@ -146,28 +125,20 @@ def train(args: argparse.Namespace) -> None:
         drop = torch.rand(args.batch, generator=gen) < DEMO_DIT.class_dropout_prob
         y_in = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
         loss = F.mse_loss(net(zt, t, y_in), noise)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        lr = warmup_lr(opt, args.lr, step, args.warmup)
+        optimizer_step(opt, loss, clip=net.parameters())
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay) if v.dtype.is_floating_point else ema[k].copy_(v)
+        ema_update(ema, net, args.ema, step)
         window.append(float(loss.detach()))
         if step % args.log_every == 0:
             curve.append([step, float(np.mean(window))])
-            _log(work, {"step": step, "loss": curve[-1][1], "lr": lr, "wall_s": round(wall_done + time.time() - t_start, 1)})
+            log_record(work, {"step": step, "loss": curve[-1][1], "lr": lr, "wall_s": round(clock.wall_s(), 1)})
             window = []
-        if time.time() - last_save > args.save_every:
-            _save_state(ckpt, state())
-            last_save = time.time()
-    _save_state(ckpt, state())
-    wall = wall_done + time.time() - t_start
+        if clock.save_due():
+            save_state(ckpt, state())
+            clock.saved()
+    save_state(ckpt, state())
+    wall = clock.wall_s()
     meta = {
         "command": "python -m geneval.zoo.train_latent_demo " + " ".join(sys.argv[1:]),
         "steps": step,
@@ -196,7 +167,7 @@ def train(args: argparse.Namespace) -> None:
         "scale_factor_rule": "1/std of posterior samples of all 60000 training latents (LDM scale_by_std)",
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _log(work, {"done": True, **{k: v for k, v in meta.items() if k != "loss_curve"}})
+    log_record(work, {"done": True, **{k: v for k, v in meta.items() if k != "loss_curve"}})
 
 
 # What `geneval run --model demo-ldm` uses unless told otherwise: on the shipped weights 20 DDIM steps

@@ -28,6 +28,7 @@ import torch
 
 from geneval.models.vqdiffusion import VQDiffusionConfig, VQDiffusionTransformer, count_parameters
 from geneval.sampling import discrete as D
+from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
 
 NUM_CLASSES = 10  # Fashion-MNIST; label 10 is the learned null class
 TOKENIZER = "demo-vq"  # geneval.models.ae_formats demo name of ae-vq-fmnist
@@ -48,12 +49,6 @@ DEMO_VQD = VQDiffusionConfig(
     num_classes=NUM_CLASSES,
     diffusion_step=DEMO_T,
 )
-
-
-def _log(work: Path, rec: dict[str, Any]) -> None:
-    print(json.dumps(rec), file=sys.stderr, flush=True)
-    with open(work / "log.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 @torch.no_grad()
@@ -105,59 +100,39 @@ def _train(args: argparse.Namespace) -> None:
         t0 = time.time()
         tokens, labels = tokenize_fashion_mnist("train")
         torch.save({"tokens": tokens, "labels": labels}, tok_file)
-        _log(work, {"tokenized": len(tokens), "wall_s": round(time.time() - t0, 1)})
+        log_record(work, {"tokenized": len(tokens), "wall_s": round(time.time() - t0, 1)})
     sched = D.mask_schedule(DEMO_T, DEMO_VQD.num_tokens)
     net = VQDiffusionTransformer(DEMO_VQD)
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    ema = ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.96), weight_decay=0.01)
     step, wall_done, curve = 0, 0.0, []
     ckpt = work / "state.pt"
-    if ckpt.exists():
-        st = torch.load(ckpt, weights_only=True)
-        net.load_state_dict(st["model"])
+    st = resume_state(ckpt, net, opt)
+    if st is not None:
         ema, step, wall_done, curve = st["ema"], int(st["step"]), float(st["wall_s"]), list(st["curve"].tolist())
-        opt.load_state_dict(st["opt"])
     gen = torch.Generator().manual_seed(args.seed + step)
-    t_start, last_save, window = time.time(), time.time(), []
-    budget = args.minutes * 60.0 - wall_done
+    clock, window = WallClock(args.minutes, wall_done, args.save_every), []
 
     def save() -> None:
-        state = {
-            "model": net.state_dict(),
-            "ema": ema,
-            "opt": opt.state_dict(),
-            "step": step,
-            "wall_s": wall_done + time.time() - t_start,
-            "curve": torch.tensor(curve, dtype=torch.float64),
-        }
-        torch.save(state, work / "state.tmp")
-        (work / "state.tmp").replace(ckpt)
+        save_state(ckpt, training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64)))
 
     net.train()
-    while step < args.max_steps and time.time() - t_start < budget:
+    while step < args.max_steps and clock.left():
         idx = torch.randint(0, len(tokens), (args.batch,), generator=gen)
         x0, y = tokens[idx], labels[idx]
         y = torch.where(torch.rand(args.batch, generator=gen) < args.label_dropout, torch.full_like(y, NUM_CLASSES), y)
         t = torch.randint(0, DEMO_T, (args.batch,), generator=gen)
         loss, parts = vb_loss(net, sched, x0, y, t, gen, args.aux)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        lr = warmup_lr(opt, args.lr, step, args.warmup)
+        optimizer_step(opt, loss, clip=net.parameters())
         step += 1
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in net.state_dict().items():
-                ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        ema_update(ema, net, args.ema, step)
         window.append([float(loss.detach()), parts["kl"], parts["x0_ce"]])
         if step % args.log_every == 0:
             m = np.mean(window, axis=0)
             window = []
             curve.append([step, *m.tolist()])
-            _log(
+            log_record(
                 work,
                 {
                     "step": step,
@@ -165,14 +140,14 @@ def _train(args: argparse.Namespace) -> None:
                     "kl": round(m[1], 5),
                     "x0_ce": round(m[2], 5),
                     "lr": lr,
-                    "wall_s": round(wall_done + time.time() - t_start, 1),
+                    "wall_s": round(clock.wall_s(), 1),
                 },
             )
-        if time.time() - last_save > args.save_every:
+        if clock.save_due():
             save()
-            last_save = time.time()
+            clock.saved()
     save()
-    wall = wall_done + time.time() - t_start
+    wall = clock.wall_s()
     meta = {
         "command": "python -m geneval.zoo.train_vqd_demo " + " ".join(sys.argv[1:]),
         "steps": step,
@@ -200,7 +175,7 @@ def _train(args: argparse.Namespace) -> None:
         "loss_curve_columns": ["step", "loss", "kl", "x0_ce"],
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _log(work, {"done": True, "steps": step, "wall_s": meta["wall_s"]})
+    log_record(work, {"done": True, "steps": step, "wall_s": meta["wall_s"]})
 
 
 def export(work: Path, out: Path, sampling_defaults: dict[str, Any] | None = None) -> Path:
