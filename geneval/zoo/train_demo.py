@@ -28,7 +28,18 @@ from geneval.models.classifier import ClassifierConfig, EncoderUNet
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
+from geneval.zoo.training import (
+    WallClock,
+    add_loop_options,
+    ema_init,
+    ema_update,
+    log_record,
+    optimizer_step,
+    resume_state,
+    save_state,
+    training_state,
+    warmup_lr,
+)
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)  # 10 real classes; index 10 is the CFG null class
 
@@ -149,18 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["unet", "classifier", "export-unet", "export-classifier"])
     p.add_argument("--work", required=True, help="folder for the resumable training state and log")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    p.add_argument("--minutes", type=float, default=35.0, help="wall-clock budget (including earlier resumed time)")
-    p.add_argument("--max-steps", type=int, default=10**9)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.998)
+    add_loop_options(p, minutes=35.0, batch=64, lr=5e-4, ema=0.998, threads=2, save_every=300.0, log_every=50)
     p.add_argument("--label-dropout", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default=None)
-    p.add_argument("--save-every", type=float, default=300.0, help="seconds between state checkpoints")
-    p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--fp16", action="store_true", help="export: store weights as float16")
     args = p.parse_args(argv)
     if args.what in ("unet", "classifier"):

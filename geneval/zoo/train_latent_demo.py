@@ -37,7 +37,18 @@ import torch.nn.functional as F
 from geneval.models.dit import DiT, DiTConfig, count_parameters, save_native_dit
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
+from geneval.zoo.training import (
+    WallClock,
+    add_loop_options,
+    ema_init,
+    ema_update,
+    log_record,
+    optimizer_step,
+    resume_state,
+    save_state,
+    training_state,
+    warmup_lr,
+)
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)
 AUTOENCODER = "demo-kl"  # geneval/zoo/checkpoints/ae-kl-fmnist
@@ -229,16 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["train", "export", "untrained"])
     p.add_argument("--work", help="folder for the latents cache, resumable state and log (train, export)")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    p.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget for training (including resumed time)")
-    p.add_argument("--max-steps", type=int, default=10**9)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--save-every", type=float, default=120.0, help="seconds between state checkpoints")
-    p.add_argument("--log-every", type=int, default=25)
+    add_loop_options(p, minutes=25.0, batch=128, lr=1e-3, ema=0.999, threads=1, save_every=120.0, log_every=25)
     p.add_argument("--fp32", action="store_true", help="export: keep float32 weights (default float16)")
     p.add_argument("--note", help="export: a free-text note stored in the training record")
     args = p.parse_args(argv)

@@ -28,7 +28,18 @@ import torch
 
 from geneval.models.vqdiffusion import VQDiffusionConfig, VQDiffusionTransformer, count_parameters
 from geneval.sampling import discrete as D
-from geneval.zoo.training import WallClock, ema_init, ema_update, log_record, optimizer_step, resume_state, save_state, training_state, warmup_lr
+from geneval.zoo.training import (
+    WallClock,
+    add_loop_options,
+    ema_init,
+    ema_update,
+    log_record,
+    optimizer_step,
+    resume_state,
+    save_state,
+    training_state,
+    warmup_lr,
+)
 
 NUM_CLASSES = 10  # Fashion-MNIST; label 10 is the learned null class
 TOKENIZER = "demo-vq"  # geneval.models.ae_formats demo name of ae-vq-fmnist
@@ -203,18 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["train", "export"])
     p.add_argument("--work", required=True, help="folder for tokens, the resumable state and the log")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    p.add_argument("--minutes", type=float, default=25.0, help="wall-clock budget (including earlier resumed time)")
-    p.add_argument("--max-steps", type=int, default=10**9)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--ema", type=float, default=0.995)
+    add_loop_options(p, minutes=25.0, batch=64, lr=1e-3, ema=0.995, threads=1, save_every=120.0, log_every=50)
     p.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary x0 loss")
     p.add_argument("--label-dropout", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--save-every", type=float, default=120.0)
-    p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--truncation-rate", type=float, default=None, help="export: default truncation rate recorded")
     p.add_argument("--skip", type=int, default=None, help="export: default fast-skip recorded")
     p.add_argument("--guidance-s", type=float, default=None, help="export: default guidance (s convention) recorded")

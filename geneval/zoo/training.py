@@ -6,6 +6,7 @@ wall-clock budget that counts the time of earlier, resumed runs.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -127,3 +128,20 @@ class WallClock:
     def saved(self) -> None:
         """Mark a save as done now."""
         self.last_save = time.time()
+
+
+def add_loop_options(
+    p: argparse.ArgumentParser, *, minutes: float, batch: int, lr: float, ema: float, threads: int, save_every: float, log_every: int
+) -> None:
+    """The training-loop options every demo script has, with that script's defaults: --minutes, --max-steps,
+    --batch, --lr, --warmup, --ema, --seed, --threads, --save-every, --log-every."""
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget (including earlier resumed time)")
+    p.add_argument("--max-steps", type=int, default=10**9)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--ema", type=float, default=ema)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=threads)
+    p.add_argument("--save-every", type=float, default=save_every, help="seconds between state checkpoints")
+    p.add_argument("--log-every", type=int, default=log_every)
