@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 import typer
 
@@ -51,14 +52,29 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _missing_command(e: Exception) -> str:
+    """The line for a group called without a command (its help went to stdout, the message is empty)."""
+    ctx = getattr(e, "ctx", None)
+    if ctx is None or not hasattr(ctx.command, "list_commands"):
+        return "missing command (see --help)"
+    return f"missing command: {ctx.command_path} needs one of {', '.join(ctx.command.list_commands(ctx))}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, mapping user errors to exit 2 with a one-line message."""
     from geneval.runner import distributed
 
     app = build_app()
     try:
-        # Without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`.
-        rc = app(args=argv, prog_name="geneval", standalone_mode=False)
+        with warnings.catch_warnings():
+            # One style for every command's warnings: "warning: ..." (as the log lines are printed).
+            warnings.showwarning = _show_warning
+            # Without standalone mode click returns (not raises) the code of `raise typer.Exit(code)`.
+            rc = app(args=argv, prog_name="geneval", standalone_mode=False)
     except GenevalError as e:
         msg = " ".join(str(e).split())  # one line, always
         dist = distributed.current()
@@ -84,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             _TyperClickException = click.ClickException
         if isinstance(e, (click.ClickException, _TyperClickException)):
             # One line like every other user error, not click's usage block.
-            msg = " ".join(e.format_message().split())
+            msg = " ".join(e.format_message().split()) or _missing_command(e)
             print(f"error: {msg}", file=sys.stderr)
             sys.exit(e.exit_code)
         raise
