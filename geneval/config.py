@@ -17,6 +17,7 @@ import tomllib
 
 from geneval import vocab
 from geneval.errors import GenevalError
+from geneval.progress import progress_mode
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class RunConfig:
         save_samples: optional ADM npz path to write the samples to, on the side.
         out_dir: parent directory of `<run-id>/` report folders.
         run_id: report folder name; None = a fresh sortable id.
-        progress: show tqdm progress bars on stderr.
+        progress: progress on stderr: auto (a live bar on a terminal only), always (also plain
+            timed lines off a terminal) or never; True/False mean auto/never.
         shard_size: samples per resumable shard (a killed run restarts from its finished shards).
         model_flags: guided-diffusion flags ("--image_size 64 --num_channels 192 ...") for a .pt no preset covers.
         model_config: the LDM YAML of a CompVis `.ckpt` (latent diffusion).
@@ -85,7 +87,7 @@ class RunConfig:
     save_samples: str | None = None
     out_dir: str = "reports"
     run_id: str | None = None
-    progress: bool = True
+    progress: str | bool = "auto"
     shard_size: int = 1000
     model_flags: str | None = None
     model_config: str | None = None
@@ -123,6 +125,7 @@ class RunConfig:
             )
         vocab.check("mode", self.mode)
         vocab.check("precision", self.precision)
+        object.__setattr__(self, "progress", progress_mode(self.progress))  # a bool (older API) becomes auto/never
         for kind in ("convention_source", "respacing_convention"):
             if getattr(self, kind) is not None:
                 vocab.check(kind, getattr(self, kind))
@@ -235,6 +238,8 @@ def _check_type(name: str, value: Any) -> None:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif want.startswith("float"):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    elif want == "str | bool":
+        ok = isinstance(value, (str, bool))
     elif want.startswith("str"):
         ok = isinstance(value, str)
     else:

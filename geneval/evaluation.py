@@ -412,7 +412,7 @@ def evaluate(
     is_convention: str = "adm",
     kid_subsets: int = 100,
     kid_subset_size: int | None = None,
-    progress: bool = True,
+    progress: str | bool = "auto",
     run_id: str | None = None,
     model: str | None = None,
     extra_provenance: dict[str, Any] | None = None,
@@ -439,7 +439,8 @@ def evaluate(
         kid_subsets: number of KID subsets.
         kid_subset_size: rows per KID subset; None = min(1000, N_samples, N_ref); larger than
             either N is an error.
-        progress: progress bars on stderr.
+        progress: auto (a live bar on a terminal only), always (also plain timed lines off a
+            terminal) or never; True/False mean auto/never.
         run_id: id shared by the rows (default: a new one).
         model: model name recorded in the rows.
         extra_provenance: sampler/steps/guidance/convention fill those row fields; other keys

@@ -338,7 +338,7 @@ def run(
     save_samples: str | None = None,
     out_dir: str = "reports",
     run_id: str | None = None,
-    progress: bool = True,
+    progress: str | bool = "auto",
     preset: str | None = None,
     **options: Any,
 ) -> ResultSet | None:
@@ -363,7 +363,8 @@ def run(
         save_samples: also write the samples as an ADM .npz here.
         out_dir: parent folder of the report folder.
         run_id: report folder name (default: a new id).
-        progress: progress bars on stderr.
+        progress: auto (a live bar on a terminal only), always (also plain timed lines off a
+            terminal) or never; True/False mean auto/never.
         preset: architecture preset for guided-diffusion .pt checkpoints.
         options: any other RunConfig field (vae, model_config, vq, upsampler, features, ci,
             convention_source, shard_size, ...), as the CLI's options of the same name.

@@ -17,6 +17,7 @@ from geneval.errors import GenevalError
 from geneval.metrics.compute import MetricOptions, check_computable
 from geneval.metrics.kid import resolve_subset_size
 from geneval.metrics.registry import expand_metrics, get_metric
+from geneval.progress import progress_mode
 from geneval.sources import Source, open_source
 
 BIAS_DIMS = {"fid": 2048, "sfid": 2023}
@@ -33,7 +34,7 @@ class ExtractConfig:
         batch_size: images per forward pass and per source batch.
         weights: explicit TF-Inception weight file (None: geneval.weights' lookup chain).
         cache: read and write the feature cache.
-        progress: tqdm bars on stderr.
+        progress: auto | always | never (geneval.progress); True/False mean auto/never.
         shard_size: images per resumable shard (cache entries and interrupted runs resume by shard).
     """
 
@@ -43,8 +44,11 @@ class ExtractConfig:
     batch_size: int = 64
     weights: str | None = None
     cache: bool = True
-    progress: bool = True
+    progress: str | bool = "auto"
     shard_size: int = 1000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "progress", progress_mode(self.progress))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ compare the three-channel images.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from geneval.metrics.lpips import build_lpips, lpips_distance
 from geneval.metrics.recon import ChannelMoments, codebook_usage, psnr_per_image, scale_by_std, ssim_per_image, summarize
 from geneval.metrics.registry import expand_metrics, get_metric
 from geneval.metrics.stats import GaussianAccumulator
+from geneval.progress import Progress, progress_mode
 from geneval.results import ResultRow, ResultSet, new_run_id
 from geneval.sources import Source, open_source
 
@@ -219,7 +219,7 @@ def recon(
         mode: TF-Inception preprocessing for rFID/rsFID.
         inception_weights: explicit TF-Inception weight file.
         lpips_random_backbone: random LPIPS trunk, for tests of mechanics only (marked in results).
-        progress: show a progress bar on stderr.
+        progress: auto | always | never (geneval.progress; True/False = auto/never).
         rq_depth: put a D-depth residual quantiser (RQ-VAE, one codebook shared by all depths) on the
             autoencoder's latents (VQ: the pre-quantisation map; KL: the posterior mode) and report,
             per depth d, code usage, perplexity, dead codes and the error of the image decoded from
@@ -239,6 +239,7 @@ def recon(
         raise GenevalError(f"batch size must be >= 1, got {batch_size}")
     if reconstructions is not None and ae is not None:
         raise GenevalError("give either an autoencoder or stored reconstructions, not both")
+    progress = progress_mode(progress)
 
     # ---- preflight: everything that can fail cheaply fails before the first batch
     loaded = None
@@ -300,9 +301,7 @@ def recon(
             _fit_rq(rq_plan, src, loaded, batch_size, min(rq_fit, n) if n else rq_fit, dev, seed)
         tally.rq = DepthTally(rq_plan.quantizer.n_embed, rq_plan.quantizer.depth)
     stream = _stream(src, rec_src, loaded, batch_size, n, dev, seed, names, tally, rq_plan)
-    from tqdm.auto import tqdm
-
-    with tqdm(total=n or src.n, unit="img", desc="recon", file=sys.stderr, disable=not progress) as bar:
+    with Progress(n or src.n, "recon", "img", progress) as bar:
         for orig, rec in stream:
             _score_batch(orig, rec, names, lp, extractor, tally)
             bar.update(len(orig))

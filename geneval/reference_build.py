@@ -48,7 +48,7 @@ def build_reference(
     with_features: bool = True,
     stats_only: bool = False,
     cache: bool = True,
-    progress: bool = True,
+    progress: str | bool = "auto",
     shard_size: int = 1000,
 ) -> dict[str, Any]:
     """Extract pool3 + spatial features of `source` and write a reference `.npz`; returns its metadata.
@@ -65,7 +65,7 @@ def build_reference(
         with_features: store per-image pool3 features as `geneval_pool3`.
         stats_only: write only statistics (pytorch-fid layout); overrides the two above.
         cache: use the feature cache.
-        progress: progress bar on stderr.
+        progress: auto | always | never (geneval.progress); True/False mean auto/never.
         shard_size: images per resumable shard.
     """
     from geneval import __version__, vocab

@@ -50,6 +50,12 @@ RESPACING_CONVENTIONS: dict[str, str] = {
     "linspace": "diffusers linspace: round(linspace(0, T-1, N))",
     "ldm": "CompVis LDM DDIM uniform: range(0, T, T//N) + 1, alpha_prev = abar[0] after the last step",
 }
+# Progress reporting on stderr (`--progress`, every command that does long work).
+PROGRESS: dict[str, str] = {
+    "auto": "a live one-line bar when stderr is a terminal, nothing otherwise",
+    "always": "the live bar on a terminal; elsewhere a plain line every few seconds and a final one",
+    "never": "no progress output",
+}
 
 _TABLES = {
     "mode": MODES,
@@ -59,6 +65,7 @@ _TABLES = {
     "quantize": QUANTISATIONS,
     "convention_source": CONVENTION_SOURCES,
     "respacing_convention": RESPACING_CONVENTIONS,
+    "progress": PROGRESS,
 }
 
 
@@ -66,7 +73,7 @@ def check(kind: str, value: str) -> str:
     """Return `value` if it belongs to vocabulary `kind`, else raise a one-line GenevalError.
 
     Args:
-        kind: a vocabulary name ("mode", "precision", "convention", "is_convention", "quantize").
+        kind: a vocabulary name ("mode", "precision", "convention", "is_convention", "quantize", "progress", ...).
         value: the user's choice.
     """
     table = _TABLES[kind]

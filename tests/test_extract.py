@@ -45,9 +45,11 @@ def test_extract_all_streams_and_chunks_like_one_batch(images):
 
 
 def test_progress_goes_to_stderr(images, capsys):
-    FeatureExtractor(device="cpu").extract_all([images[:1]], progress=True, total=1)
+    FeatureExtractor(device="cpu").extract_all([images[:1]], progress="always", total=1)
     out, err = capsys.readouterr()
-    assert out == "" and "1/1" in err
+    assert out == "" and "inception: 1/1 img" in err and "\r" not in err  # off a terminal: plain lines
+    FeatureExtractor(device="cpu").extract_all([images[:1]], progress=True, total=1)
+    assert capsys.readouterr().err == ""  # auto (True): nothing when stderr is not a terminal
 
 
 def test_empty_input_raises():

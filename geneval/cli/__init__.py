@@ -12,7 +12,7 @@ import warnings
 
 import typer
 
-from geneval import __version__
+from geneval import __version__, vocab
 from geneval.errors import GenevalError
 
 # Command modules, in the order their commands appear in --help.
@@ -24,6 +24,20 @@ COMMAND_MODULES = (
     "geneval.cli.report",
     "geneval.cli.weights",
 )
+
+# `--progress` on every command that does long work (one definition, one help text). `--no-progress`
+# is its older spelling, kept as a hidden alias of `--progress never`.
+PROGRESS_OPTION = typer.Option(None, "--progress", metavar="MODE", help=f"Progress on stderr: {vocab.choices_help('progress')}. Default auto.")
+NO_PROGRESS_OPTION = typer.Option(False, "--no-progress", hidden=True, help="Same as --progress never.")
+
+
+def progress_choice(progress: str | None, no_progress: bool = False, quiet: bool = False) -> str | None:
+    """The command's progress mode: `--no-progress`/`--quiet` mean never; a bad value is a one-line error.
+
+    Returns None when nothing was given (the default, or a config file's value, applies).
+    """
+    mode = None if progress is None else vocab.check("progress", progress)
+    return "never" if no_progress or quiet else mode
 
 
 def _version_callback(value: bool) -> None:

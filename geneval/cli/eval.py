@@ -18,6 +18,7 @@ from pathlib import Path
 import typer
 
 from geneval import vocab
+from geneval.cli import NO_PROGRESS_OPTION, PROGRESS_OPTION, progress_choice
 from geneval.errors import GenevalError
 
 _EVAL_HELP = """Score SAMPLES against --ref with TF-Inception metrics (ADM conventions by default).
@@ -49,7 +50,7 @@ _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per batch.")
 _WEIGHTS = typer.Option(None, "--weights", help="TF-Inception weight file (IS needs one with logits).")
 _FLOAT_RANGE = typer.Option(None, "--float-range", help="Accept float .npy/.npz pixels in '0,1' or '-1,1'.")
 _NO_CACHE = typer.Option(False, "--no-cache", help="Neither read nor write the feature cache.")
-_QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars or read counts on stderr.")
+_QUIET = typer.Option(False, "--quiet", "-q", help="No read counts on stderr, and no progress (implies --progress never).")
 
 
 class _StderrHandler(logging.Handler):
@@ -128,6 +129,8 @@ def register(app: typer.Typer) -> None:
         model: str | None = typer.Option(None, "--model-name", help="Model name recorded in the results."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Write all rows with provenance: .json, .csv or .md."),
         quiet: bool = _QUIET,
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
         shard_size: int = _SHARD,
         features: str | None = typer.Option(
             None, "--features", help="Feature networks besides TF-Inception, e.g. dinov2,clip (fd_dinov2 / fd_clip / cmmd add theirs)."
@@ -145,6 +148,7 @@ def register(app: typer.Typer) -> None:
         from geneval.runner import distributed
         from geneval.sources import open_source
 
+        mode_progress = progress_choice(progress, no_progress, quiet) or "auto"
         distributed.init(device)
         _check_out(out, (".json", ".csv", ".md"))
         with user_messages(quiet or not distributed.current().is_main):
@@ -164,7 +168,7 @@ def register(app: typer.Typer) -> None:
                 is_convention=is_convention,
                 kid_subsets=kid_subsets,
                 kid_subset_size=kid_subset_size,
-                progress=not quiet,
+                progress=mode_progress,
                 model=model,
                 shard_size=shard_size,
                 ci=ci,
@@ -194,12 +198,15 @@ def register(app: typer.Typer) -> None:
         float_range: str | None = _FLOAT_RANGE,
         no_cache: bool = _NO_CACHE,
         quiet: bool = _QUIET,
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
         shard_size: int = _SHARD,
     ) -> None:
         from geneval.reference_build import build_reference
         from geneval.runner import distributed
         from geneval.sources import open_source
 
+        mode_progress = progress_choice(progress, no_progress, quiet) or "auto"
         distributed.init(device)
         _check_out(out, (".npz",))
         with user_messages(quiet or not distributed.current().is_main):
@@ -215,7 +222,7 @@ def register(app: typer.Typer) -> None:
                 with_features=with_features,
                 stats_only=stats_only,
                 cache=not no_cache,
-                progress=not quiet,
+                progress=mode_progress,
                 shard_size=shard_size,
             )
         if not distributed.current().is_main:

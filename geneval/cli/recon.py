@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from geneval.cli import NO_PROGRESS_OPTION, PROGRESS_OPTION, progress_choice
 from geneval.errors import GenevalError
 
 EXAMPLES = """
@@ -100,7 +101,8 @@ def register(app: typer.Typer) -> None:
         rq_codebooks: str | None = typer.Option(
             None, "--rq-codebooks", help="Trained residual codebooks instead of fitting: safetensors with 'codebooks' (1 or D, K, C)."
         ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
     ) -> None:
         """Reconstruct a data set with an autoencoder and score the reconstructions."""
         from geneval.recon import recon
@@ -121,7 +123,7 @@ def register(app: typer.Typer) -> None:
             reconstructions=reconstructions,
             mode=mode,
             inception_weights=str(inception_weights) if inception_weights else None,
-            progress=progress,
+            progress=progress_choice(progress, no_progress) or "auto",
             rq_depth=rq_depth,
             rq_codes=rq_codes,
             rq_fit=rq_fit,

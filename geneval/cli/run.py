@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from geneval import vocab
+from geneval.cli import NO_PROGRESS_OPTION, PROGRESS_OPTION, progress_choice
 from geneval.errors import GenevalError
 
 _MODEL = typer.Option(
@@ -80,7 +81,6 @@ _SHARD = typer.Option(
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
 _CONFIG = typer.Option(None, "--config", help="TOML file with run settings (keys = the long option names with _); flags override it.")
-_PROGRESS = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr.")
 
 
 def _setup_logging() -> None:
@@ -150,7 +150,8 @@ def register(app: typer.Typer) -> None:
         run_id: str | None = typer.Option(None, "--run-id", help="Report folder name (default: run-<time>-<random>)."),
         preset: str | None = _PRESET,
         config: Path | None = _CONFIG,
-        progress: bool = _PROGRESS,
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
         shard_size: int | None = _SHARD,
         model_flags: str | None = _FLAGS,
         model_config: str | None = _MCONFIG,
@@ -188,6 +189,7 @@ def register(app: typer.Typer) -> None:
         from geneval.runner import distributed
 
         _setup_logging()
+        mode_progress = progress_choice(progress, no_progress)  # a bad value fails before anything starts
         distributed.init(device)
         cfg = _resolve(
             config,
@@ -211,7 +213,7 @@ def register(app: typer.Typer) -> None:
                 out_dir=out_dir,
                 run_id=run_id,
                 preset=preset,
-                progress=progress,
+                progress=mode_progress,
                 shard_size=shard_size,
                 model_flags=model_flags,
                 model_config=model_config,
@@ -265,7 +267,8 @@ def register(app: typer.Typer) -> None:
         sweep_id: str | None = typer.Option(None, "--sweep-id", help="Sweep folder name (default: sweep-<time>-<random>)."),
         preset: str | None = _PRESET,
         config: Path | None = _CONFIG,
-        progress: bool = _PROGRESS,
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
     ) -> None:
         """Run once per guidance scale (or step count) and draw tradeoff plots (PNG + SVG).
 
@@ -277,6 +280,7 @@ def register(app: typer.Typer) -> None:
         from geneval.sweep import parse_values, sweep
 
         _setup_logging()
+        mode_progress = progress_choice(progress, no_progress)
         if guidance is not None and steps is not None and "," in steps:
             raise GenevalError("sweep one parameter at a time: give a list to --guidance or to --steps, not both")
         if guidance is not None:
@@ -305,7 +309,7 @@ def register(app: typer.Typer) -> None:
                 precision=precision,
                 out_dir=out_dir,
                 preset=preset,
-                progress=progress,
+                progress=mode_progress,
                 **fixed,
             ),
         )

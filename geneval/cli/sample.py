@@ -12,6 +12,7 @@ import sys
 import typer
 
 from geneval import vocab
+from geneval.cli import NO_PROGRESS_OPTION, PROGRESS_OPTION, progress_choice
 from geneval.errors import GenevalError
 
 _HELP = """Sample N images from a diffusion checkpoint into an ADM sample batch (.npz).
@@ -66,7 +67,8 @@ def register(app: typer.Typer) -> None:
         align: int = typer.Option(
             8, "--align", help="Batch-invariant chunk size (0 = off: fastest, batch-size independent only up to float rounding)."
         ),
-        progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
         convention_source: str | None = typer.Option(
             None, "--convention-source", help=f"Sampling semantics: {vocab.choices_help('convention_source')}; default model."
         ),
@@ -85,6 +87,7 @@ def register(app: typer.Typer) -> None:
             sample_to_npz,
         )
 
+        mode_progress = progress_choice(progress, no_progress) or "auto"
         if guidance is not None and convention is None:
             raise GenevalError(f"--guidance {guidance:g} needs an explicit --convention: {vocab.choices_help('convention')}")
         cfg = SamplingConfig(
@@ -133,7 +136,7 @@ def register(app: typer.Typer) -> None:
                 f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr
             )
         record = sample_to_npz(
-            m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size, device=dev, progress=progress
+            m, out, cfg, classifier=clf, classes=classes, batch_size=batch_size, shard_size=shard_size, device=dev, progress=mode_progress
         )
         if not dist.is_main:
             return

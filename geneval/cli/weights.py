@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
+from geneval.cli import NO_PROGRESS_OPTION, PROGRESS_OPTION, progress_choice
 from geneval.errors import GenevalError
 
 _LIST_HELP = (
@@ -45,20 +44,22 @@ def register(app: typer.Typer) -> None:
     @group.command("fetch", help=_FETCH_HELP)
     def fetch_cmd(
         name: str = typer.Argument(..., help="Registry name: pytorch-fid, torch-fidelity, fid-helper-trunk, alexnet, vgg16, squeezenet1_1."),
+        progress: str | None = PROGRESS_OPTION,
+        no_progress: bool = NO_PROGRESS_OPTION,
     ) -> None:
-        from tqdm.auto import tqdm
-
+        from geneval.progress import Progress
         from geneval.weights import fetch
 
-        bars: list[tqdm] = []
+        mode = progress_choice(progress, no_progress) or "auto"
+        bars: list[Progress] = []
 
-        def progress(nbytes: int) -> None:
+        def on_bytes(nbytes: int) -> None:
             if not bars:  # opened on the first byte so a refused fetch prints only its error
-                bars.append(tqdm(unit="B", unit_scale=True, desc=name, file=sys.stderr))
+                bars.append(Progress(None, name, "B", mode, unit_scale=True))
             bars[0].update(nbytes)
 
         try:
-            path = fetch(name, progress=progress)
+            path = fetch(name, progress=on_bytes)
         finally:
             for bar in bars:
                 bar.close()

@@ -13,7 +13,6 @@ on stderr. Precision modes:
 from __future__ import annotations
 
 import contextlib
-import sys
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -156,7 +155,7 @@ class FeatureExtractor:
     def extract_all(
         self,
         batches: Iterable[np.ndarray | torch.Tensor],
-        progress: bool = True,
+        progress: str | bool = True,
         total: int | None = None,
         *,
         initial: int = 0,
@@ -166,17 +165,17 @@ class FeatureExtractor:
 
         Args:
             batches: iterable of uint8 batches.
-            progress: show a tqdm bar (images) on stderr.
+            progress: auto | always | never (geneval.progress; True/False = auto/never).
             total: number of images expected, for the progress bar.
             initial: images already extracted elsewhere (a resumed checkpoint): the bar starts
                 there, and no new images is then not an error (returns {}).
             on_batch: called with each batch's features once extracted (checkpointing).
         """
-        from tqdm.auto import tqdm
+        from geneval.progress import Progress
 
         chunks: dict[str, list[np.ndarray]] = {}
         n = 0
-        with tqdm(total=total, initial=initial, unit="img", desc="inception", file=sys.stderr, disable=not progress) as bar:
+        with Progress(total, "inception", "img", progress, initial=initial) as bar:
             for batch in batches:
                 feats = {k: v.numpy() for k, v in self.extract(batch).items()}
                 for k, v in feats.items():

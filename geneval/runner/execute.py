@@ -15,7 +15,6 @@ Host memory is one shard of rows plus the d×d sums, whatever N is, for FID/sFID
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from geneval.errors import GenevalError
 from geneval.metrics.stats import GaussianAccumulator, GaussianStats
+from geneval.progress import Progress
 from geneval.runner.distributed import Dist, all_reduce_sum, gather_rows
 from geneval.runner.shards import ShardStore
 
@@ -91,33 +91,13 @@ class Streamed:
     inception_score: Any = None
 
 
-class _Progress:
-    """One tqdm line for this rank's share of the work, on rank 0 only."""
-
-    def __init__(self, enabled: bool, total: int, desc: str) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            # disable=None: a live bar only on a terminal; redirected stderr gets no cursor codes.
-            self.bar = tqdm(total=total, unit="img", desc=desc, file=sys.stderr, disable=None)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _compute_shard(
     store: ShardStore,
     k: int,
     produce: Producer,
     extract: Callable[[np.ndarray], dict[str, Any]],
     needs: Needs,
-    bar: _Progress,
+    bar: Progress,
     on_chunk: Callable[[Chunk], None] | None,
 ) -> None:
     lo, hi = store.bounds(k)
@@ -194,7 +174,7 @@ def stream_features(
     needs: Needs,
     dist: Dist,
     *,
-    progress: bool = False,
+    progress: str | bool = False,
     desc: str = "features",
     on_chunk: Callable[[Chunk], None] | None = None,
 ) -> Streamed:
@@ -206,13 +186,14 @@ def stream_features(
         extract: uint8 NHWC batch → {layer: (B, d) features}.
         needs: which layers are summed, which gathered, whether images are stored.
         dist: the job's ranks.
-        progress: one progress line on rank 0.
+        progress: auto | always | never (geneval.progress; True/False = auto/never): one line, on rank 0.
         desc: its label.
         on_chunk: called with each freshly computed chunk on this rank (grids, live writers).
     """
     mine = [k for k in range(store.num_shards) if dist.owns(k)]
     todo = [k for k in mine if not store.done(k)]
-    bar = _Progress(progress and dist.is_main, sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo), desc)
+    total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
+    bar = Progress(total, desc, "img", progress if dist.is_main else "never")
     deferred = []
     try:
         for k in todo:

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 
 from geneval import vocab
 from geneval.errors import GenevalError
+from geneval.progress import Progress
 from geneval.sampling.aligned import aligned_call
 from geneval.sampling.guidance import (
     CONVENTIONS,
@@ -206,7 +206,7 @@ def sample(
     batch_size: int = 64,
     device: str | torch.device | None = None,
     autocast_bf16: bool = False,
-    progress: bool = False,
+    progress: str | bool = False,
     start: int = 0,
     config: SamplingConfig | None = None,
 ) -> Iterator[SampleBatch]:
@@ -220,7 +220,7 @@ def sample(
         classifier: a LoadedModel classifier for classifier guidance.
         batch_size: samples per batch (does not change the samples).
         device: where to run (default: the model's device).
-        progress: show a tqdm bar on stderr.
+        progress: auto | always | never (geneval.progress; True/False = auto/never).
         start: first global index (used to resume shards).
         config: a full SamplingConfig (overrides the individual knobs above).
     """
@@ -247,7 +247,7 @@ def sample(
 
 
 def generate_range(
-    model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device, progress: bool = False
+    model, cfg: SamplingConfig, classes, classifier, lo: int, hi: int, batch_size: int, device, progress: str | bool = False
 ) -> Iterator[SampleBatch]:
     """Samples lo..hi−1 of a checked (model, cfg) pair, in batches; sample i depends only on (cfg, i).
 
@@ -257,7 +257,7 @@ def generate_range(
         lo, hi: global index range.
         batch_size: samples per batch.
         device: where to run (None: the model's device).
-        progress: tqdm bar on stderr.
+        progress: auto | always | never (geneval.progress); silent inside an outer progress line.
     """
     device = torch.device(device) if device is not None else next(model.net.parameters()).device
     model.net.to(device)
@@ -271,36 +271,29 @@ def generate_range(
     labels = draw_labels(lo, hi, n_cls, cfg.seed, classes)
     knobs: dict[str, Any] = dict(plan.knobs)
     C, H = model.in_channels, model.image_size
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    with Progress(hi - lo, f"sampling {cfg.sampler}", "img", progress) as bar:
+        for b0 in range(lo, hi, batch_size):
+            idx = np.arange(b0, min(b0 + batch_size, hi))
+            index = torch.from_numpy(idx)
+            noise = NoiseSource((cfg.seed + idx).tolist(), device)
+            x = noise.randn((C, H, H))
+            y = None if labels is None else torch.from_numpy(labels[idx - lo]).to(device)
+            net_call = _net_call(model, index, cfg.align, cfg.autocast_bf16)
+            y_model = y if model.is_conditional else None
+            if cfg.cfg_s is not None and cfg.cfg_s != 1.0:
+                model_fn = cfg_model_fn(net_call, y_model, model.null_class, cfg.cfg_s, C)
+            else:
 
-        bar = tqdm(total=hi - lo, unit="img", desc=f"sampling {cfg.sampler}", file=sys.stderr)
-    for b0 in range(lo, hi, batch_size):
-        idx = np.arange(b0, min(b0 + batch_size, hi))
-        index = torch.from_numpy(idx)
-        noise = NoiseSource((cfg.seed + idx).tolist(), device)
-        x = noise.randn((C, H, H))
-        y = None if labels is None else torch.from_numpy(labels[idx - lo]).to(device)
-        net_call = _net_call(model, index, cfg.align, cfg.autocast_bf16)
-        y_model = y if model.is_conditional else None
-        if cfg.cfg_s is not None and cfg.cfg_s != 1.0:
-            model_fn = cfg_model_fn(net_call, y_model, model.null_class, cfg.cfg_s, C)
-        else:
+                def model_fn(a, t, _y=y_model, _call=net_call):
+                    return _call(a, t, _y)
 
-            def model_fn(a, t, _y=y_model, _call=net_call):
-                return _call(a, t, _y)
-
-        if use_clf:
-            clf_call = _net_call(classifier, index, cfg.align, cfg.autocast_bf16)
-            knobs["cond_fn"] = classifier_cond_fn(clf_call, y, cfg.classifier_scale)
-        with torch.no_grad():
-            x0 = spec.fn(model_fn, x, schedule, noise, **knobs)
-        yield SampleBatch(quantize(x0, cfg.quantize), None if labels is None else labels[idx - lo].copy(), idx)
-        if bar is not None:
+            if use_clf:
+                clf_call = _net_call(classifier, index, cfg.align, cfg.autocast_bf16)
+                knobs["cond_fn"] = classifier_cond_fn(clf_call, y, cfg.classifier_scale)
+            with torch.no_grad():
+                x0 = spec.fn(model_fn, x, schedule, noise, **knobs)
+            yield SampleBatch(quantize(x0, cfg.quantize), None if labels is None else labels[idx - lo].copy(), idx)
             bar.update(len(idx))
-    if bar is not None:
-        bar.close()
 
 
 # ---------------------------------------------------------------- resumable npz output
@@ -315,7 +308,7 @@ def sample_to_npz(
     batch_size: int = 64,
     shard_size: int = 1024,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: str | bool = False,
     keep_shards: bool = False,
 ) -> dict[str, Any]:
     """Write an ADM sample batch (arr_0 uint8 N×H×W×3, arr_1 labels) plus a sidecar `<out>.json`.
@@ -332,7 +325,8 @@ def sample_to_npz(
         out: the .npz path.
         config: the SamplingConfig.
         batch_size: samples per forward batch; shard_size: samples per shard file.
-        device, progress: as in `sample`.
+        device: as in `sample`.
+        progress: auto | always | never (geneval.progress): one line for this job's samples, on rank 0.
         keep_shards: keep the shard folder after the final file is written.
     """
     from geneval import __version__
@@ -371,17 +365,20 @@ def sample_to_npz(
     store = ShardStore(out.with_name(out.name + ".shards"), key, config.n, shard_size).open()
     t0 = time.perf_counter()
     resumed = 0
-    for k in range(store.num_shards):
-        if not dist.owns(k):
-            continue
-        if store.done(k):
-            resumed += 1
-            continue
-        with store.claim(k, wait=True):  # another job writing this very shard finishes first
+    todo = [k for k in range(store.num_shards) if dist.owns(k) and not store.done(k)]
+    total = sum(store.bounds(k)[1] - store.bounds(k)[0] for k in todo)
+    with Progress(total, f"sampling {config.sampler}", "img", progress if dist.is_main else "never") as bar:
+        for k in range(store.num_shards):
+            if not dist.owns(k):
+                continue
             if store.done(k):
                 resumed += 1
                 continue
-            _sample_shard(store, k, model, config, classes, classifier, batch_size, device, progress and dist.is_main)
+            with store.claim(k, wait=True):  # another job writing this very shard finishes first
+                if store.done(k):
+                    resumed += 1
+                    continue
+                _sample_shard(store, k, model, config, classes, classifier, batch_size, device, bar)
     distributed.barrier(dist)
     record.update(shards=store.num_shards, world_size=dist.world)
     if dist.is_main:
@@ -405,7 +402,7 @@ def sample_to_npz(
 
 
 def _sample_shard(
-    store: Any, k: int, model: Any, config: SamplingConfig, classes: Any, classifier: Any, batch_size: int, device: Any, progress: bool
+    store: Any, k: int, model: Any, config: SamplingConfig, classes: Any, classifier: Any, batch_size: int, device: Any, bar: Progress
 ) -> None:
     """Sample shard k (RGB uint8, labels, indices) and write it atomically."""
     from geneval.sources.reference import to_rgb
@@ -413,7 +410,8 @@ def _sample_shard(
     lo, hi = store.bounds(k)
     labels_k = None if classes is None or np.isscalar(classes) else np.asarray(classes)[lo:hi]
     images, labels = [], []
-    for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi, batch_size, device, progress):
+    for b in generate_range(model, config, classes if labels_k is None else labels_k, classifier, lo, hi, batch_size, device):
+        bar.update(len(b.indices))
         images.append(to_rgb(b.images))
         if b.labels is not None:
             labels.append(b.labels)
