@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +27,7 @@ from geneval.models.classifier import ClassifierConfig, EncoderUNet
 from geneval.models.unet import UNetConfig, UNetModel, count_parameters
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from geneval.zoo.training import (
-    WallClock,
-    add_loop_options,
-    ema_init,
-    ema_update,
-    log_record,
-    optimizer_step,
-    resume_state,
-    save_state,
-    training_state,
-    warmup_lr,
-)
+from geneval.zoo import training
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)  # 10 real classes; index 10 is the CFG null class
 
@@ -94,17 +82,21 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         net = UNetModel(DEMO_UNET).to(device)
     else:
         net = EncoderUNet(DEMO_CLASSIFIER).to(device)
-    ema = ema_init(net)
+    ema = training.ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0 if kind == "unet" else 0.05)
     step, wall_done = 0, 0.0
     ckpt = work / "state.pt"
-    st = resume_state(ckpt, net, opt, map_location=device)
+    st = training.resume_state(ckpt, net, opt, map_location=device)
     if st is not None:
         ema = st["ema"]
         step, wall_done = int(st["step"]), float(st["wall_s"])
     gen = torch.Generator(device=device).manual_seed(args.seed + step)
-    clock, losses = WallClock(args.minutes, wall_done, args.save_every), []
+    clock, losses = training.WallClock(args.minutes, wall_done, args.save_every), []
     net.train()
+
+    def save() -> None:
+        training.save_state(ckpt, training.training_state(net, ema, opt, step, clock.wall_s()))
+
     while step < args.max_steps and clock.left():
         idx = torch.randint(0, len(x_all), (args.batch,), device=device, generator=gen)
         x0, y = x_all[idx], y_all[idx]
@@ -119,25 +111,18 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         else:
             # ADM trains its noisy classifier on the full range of t (here capped so t ~ U[0, T)).
             loss = F.cross_entropy(net(xt, t), y)
-        lr = warmup_lr(opt, args.lr, step, args.warmup)
-        optimizer_step(opt, loss, clip=net.parameters())
+        lr = training.train_step(net, opt, ema, loss, step, args.lr, args.warmup, args.ema)
         step += 1
-        ema_update(ema, net, args.ema, step)
         losses.append(float(loss.detach()))
         if step % args.log_every == 0:
-            log_record(work, {"step": step, "loss": float(np.mean(losses[-args.log_every :])), "lr": lr, "wall_s": round(clock.wall_s(), 1)})
-        if clock.save_due():
-            save_state(ckpt, training_state(net, ema, opt, step, clock.wall_s()))
-            clock.saved()
+            training.log_record(work, {"step": step, "loss": float(np.mean(losses[-args.log_every :])), "lr": lr, "wall_s": round(clock.wall_s(), 1)})
+        clock.save_if_due(save)
     wall = clock.wall_s()
-    save_state(ckpt, training_state(net, ema, opt, step, wall))
+    training.save_state(ckpt, training.training_state(net, ema, opt, step, wall))
     final = float(np.mean(losses[-200:])) if losses else math.nan
     meta = {
         "kind": kind,
-        "command": "python -m geneval.zoo.train_demo " + " ".join(sys.argv[1:]),
-        "steps": step,
-        "batch_size": args.batch,
-        "wall_s": round(wall, 1),
+        **training.run_record("geneval.zoo.train_demo", step, args.batch, wall),
         "final_loss_mean_last200": final,
         "lr": args.lr,
         "warmup": args.warmup,
@@ -152,7 +137,7 @@ def _train(args: argparse.Namespace, kind: str) -> None:
         "data": "Debian dataset-fashion-mnist train split (60000), zero-padded 28->32, scaled to [-1, 1]",
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log_record(work, {"done": True, **meta})
+    training.log_record(work, {"done": True, **meta})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -160,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["unet", "classifier", "export-unet", "export-classifier"])
     p.add_argument("--work", required=True, help="folder for the resumable training state and log")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    add_loop_options(p, minutes=35.0, batch=64, lr=5e-4, ema=0.998, threads=2, save_every=300.0, log_every=50)
+    training.add_loop_options(p, minutes=35.0, batch=64, lr=5e-4, ema=0.998, threads=2, save_every=300.0, log_every=50)
     p.add_argument("--label-dropout", type=float, default=0.15)
     p.add_argument("--device", default=None)
     p.add_argument("--fp16", action="store_true", help="export: store weights as float16")

@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,18 +36,7 @@ import torch.nn.functional as F
 from geneval.models.dit import DiT, DiTConfig, count_parameters, save_native_dit
 from geneval.sampling.schedules import DiffusionConfig
 from geneval.sources.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
-from geneval.zoo.training import (
-    WallClock,
-    add_loop_options,
-    ema_init,
-    ema_update,
-    log_record,
-    optimizer_step,
-    resume_state,
-    save_state,
-    training_state,
-    warmup_lr,
-)
+from geneval.zoo import training
 
 NUM_CLASSES = len(FASHION_MNIST_CLASSES)
 AUTOENCODER = "demo-kl"  # geneval/zoo/checkpoints/ae-kl-fmnist
@@ -110,20 +98,20 @@ def train(args: argparse.Namespace) -> None:
     abar = torch.from_numpy(np.cumprod(1.0 - DEMO_DIFFUSION.betas())).float()
     net = DiT(DEMO_DIT)
     net.initialize_weights()
-    ema = ema_init(net)
+    ema = training.ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.0)
     step, wall_done, curve = 0, 0.0, []
     ckpt = work / "state.pt"
-    st = resume_state(ckpt, net, opt, map_location="cpu")
+    st = training.resume_state(ckpt, net, opt, map_location="cpu")
     if st is not None:
         ema = st["ema"]
         step, wall_done, curve = int(st["step"]), float(st["wall_s"]), [list(c) for c in st["curve"].tolist()]
     gen = torch.Generator().manual_seed(args.seed + step)
-    clock, window = WallClock(args.minutes, wall_done, args.save_every), []
+    clock, window = training.WallClock(args.minutes, wall_done, args.save_every), []
     net.train()
 
     def state() -> dict[str, Any]:
-        return training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64).reshape(-1, 2))
+        return training.training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64).reshape(-1, 2))
 
     while step < args.max_steps and clock.left():
         idx = torch.randint(0, len(mean), (args.batch,), generator=gen)
@@ -136,25 +124,18 @@ def train(args: argparse.Namespace) -> None:
         drop = torch.rand(args.batch, generator=gen) < DEMO_DIT.class_dropout_prob
         y_in = torch.where(drop, torch.full_like(y, NUM_CLASSES), y)
         loss = F.mse_loss(net(zt, t, y_in), noise)
-        lr = warmup_lr(opt, args.lr, step, args.warmup)
-        optimizer_step(opt, loss, clip=net.parameters())
+        lr = training.train_step(net, opt, ema, loss, step, args.lr, args.warmup, args.ema)
         step += 1
-        ema_update(ema, net, args.ema, step)
         window.append(float(loss.detach()))
         if step % args.log_every == 0:
             curve.append([step, float(np.mean(window))])
-            log_record(work, {"step": step, "loss": curve[-1][1], "lr": lr, "wall_s": round(clock.wall_s(), 1)})
+            training.log_record(work, {"step": step, "loss": curve[-1][1], "lr": lr, "wall_s": round(clock.wall_s(), 1)})
             window = []
-        if clock.save_due():
-            save_state(ckpt, state())
-            clock.saved()
-    save_state(ckpt, state())
+        clock.save_if_due(lambda: training.save_state(ckpt, state()))
+    training.save_state(ckpt, state())
     wall = clock.wall_s()
     meta = {
-        "command": "python -m geneval.zoo.train_latent_demo " + " ".join(sys.argv[1:]),
-        "steps": step,
-        "batch_size": args.batch,
-        "wall_s": round(wall, 1),
+        **training.run_record("geneval.zoo.train_latent_demo", step, args.batch, wall),
         "encode_latents_s": round(enc_s, 1),
         "final_loss_mean_last_logged_200": float(np.mean([c[1] for c in curve[-max(1, 200 // args.log_every) :]])) if curve else math.nan,
         "loss_curve_every_steps": args.log_every,
@@ -178,7 +159,7 @@ def train(args: argparse.Namespace) -> None:
         "scale_factor_rule": "1/std of posterior samples of all 60000 training latents (LDM scale_by_std)",
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log_record(work, {"done": True, **{k: v for k, v in meta.items() if k != "loss_curve"}})
+    training.log_record(work, {"done": True, **{k: v for k, v in meta.items() if k != "loss_curve"}})
 
 
 # What `geneval run --model demo-ldm` uses unless told otherwise: on the shipped weights 20 DDIM steps
@@ -240,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["train", "export", "untrained"])
     p.add_argument("--work", help="folder for the latents cache, resumable state and log (train, export)")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    add_loop_options(p, minutes=25.0, batch=128, lr=1e-3, ema=0.999, threads=1, save_every=120.0, log_every=25)
+    training.add_loop_options(p, minutes=25.0, batch=128, lr=1e-3, ema=0.999, threads=1, save_every=120.0, log_every=25)
     p.add_argument("--fp32", action="store_true", help="export: keep float32 weights (default float16)")
     p.add_argument("--note", help="export: a free-text note stored in the training record")
     args = p.parse_args(argv)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,18 +27,7 @@ import torch
 
 from geneval.models.vqdiffusion import VQDiffusionConfig, VQDiffusionTransformer, count_parameters
 from geneval.sampling import discrete as D
-from geneval.zoo.training import (
-    WallClock,
-    add_loop_options,
-    ema_init,
-    ema_update,
-    log_record,
-    optimizer_step,
-    resume_state,
-    save_state,
-    training_state,
-    warmup_lr,
-)
+from geneval.zoo import training
 
 NUM_CLASSES = 10  # Fashion-MNIST; label 10 is the learned null class
 TOKENIZER = "demo-vq"  # geneval.models.ae_formats demo name of ae-vq-fmnist
@@ -111,21 +99,21 @@ def _train(args: argparse.Namespace) -> None:
         t0 = time.time()
         tokens, labels = tokenize_fashion_mnist("train")
         torch.save({"tokens": tokens, "labels": labels}, tok_file)
-        log_record(work, {"tokenized": len(tokens), "wall_s": round(time.time() - t0, 1)})
+        training.log_record(work, {"tokenized": len(tokens), "wall_s": round(time.time() - t0, 1)})
     sched = D.mask_schedule(DEMO_T, DEMO_VQD.num_tokens)
     net = VQDiffusionTransformer(DEMO_VQD)
-    ema = ema_init(net)
+    ema = training.ema_init(net)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.96), weight_decay=0.01)
     step, wall_done, curve = 0, 0.0, []
     ckpt = work / "state.pt"
-    st = resume_state(ckpt, net, opt)
+    st = training.resume_state(ckpt, net, opt)
     if st is not None:
         ema, step, wall_done, curve = st["ema"], int(st["step"]), float(st["wall_s"]), list(st["curve"].tolist())
     gen = torch.Generator().manual_seed(args.seed + step)
-    clock, window = WallClock(args.minutes, wall_done, args.save_every), []
+    clock, window = training.WallClock(args.minutes, wall_done, args.save_every), []
 
     def save() -> None:
-        save_state(ckpt, training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64)))
+        training.save_state(ckpt, training.training_state(net, ema, opt, step, clock.wall_s(), curve=torch.tensor(curve, dtype=torch.float64)))
 
     net.train()
     while step < args.max_steps and clock.left():
@@ -134,16 +122,14 @@ def _train(args: argparse.Namespace) -> None:
         y = torch.where(torch.rand(args.batch, generator=gen) < args.label_dropout, torch.full_like(y, NUM_CLASSES), y)
         t = torch.randint(0, DEMO_T, (args.batch,), generator=gen)
         loss, parts = vb_loss(net, sched, x0, y, t, gen, args.aux)
-        lr = warmup_lr(opt, args.lr, step, args.warmup)
-        optimizer_step(opt, loss, clip=net.parameters())
+        lr = training.train_step(net, opt, ema, loss, step, args.lr, args.warmup, args.ema)
         step += 1
-        ema_update(ema, net, args.ema, step)
         window.append([float(loss.detach()), parts["kl"], parts["x0_ce"]])
         if step % args.log_every == 0:
             m = np.mean(window, axis=0)
             window = []
             curve.append([step, *m.tolist()])
-            log_record(
+            training.log_record(
                 work,
                 {
                     "step": step,
@@ -154,16 +140,11 @@ def _train(args: argparse.Namespace) -> None:
                     "wall_s": round(clock.wall_s(), 1),
                 },
             )
-        if clock.save_due():
-            save()
-            clock.saved()
+        clock.save_if_due(save)
     save()
     wall = clock.wall_s()
     meta = {
-        "command": "python -m geneval.zoo.train_vqd_demo " + " ".join(sys.argv[1:]),
-        "steps": step,
-        "batch_size": args.batch,
-        "wall_s": round(wall, 1),
+        **training.run_record("geneval.zoo.train_vqd_demo", step, args.batch, wall),
         "lr": args.lr,
         "warmup": args.warmup,
         "betas": [0.9, 0.96],
@@ -186,7 +167,7 @@ def _train(args: argparse.Namespace) -> None:
         "loss_curve_columns": ["step", "loss", "kl", "x0_ce"],
     }
     (work / "train_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    log_record(work, {"done": True, "steps": step, "wall_s": meta["wall_s"]})
+    training.log_record(work, {"done": True, "steps": step, "wall_s": meta["wall_s"]})
 
 
 def export(work: Path, out: Path, sampling_defaults: dict[str, Any] | None = None) -> Path:
@@ -214,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("what", choices=["train", "export"])
     p.add_argument("--work", required=True, help="folder for tokens, the resumable state and the log")
     p.add_argument("--out", help="export: destination checkpoint folder")
-    add_loop_options(p, minutes=25.0, batch=64, lr=1e-3, ema=0.995, threads=1, save_every=120.0, log_every=50)
+    training.add_loop_options(p, minutes=25.0, batch=64, lr=1e-3, ema=0.995, threads=1, save_every=120.0, log_every=50)
     p.add_argument("--aux", type=float, default=1.0, help="weight of the auxiliary x0 loss")
     p.add_argument("--label-dropout", type=float, default=0.1)
     p.add_argument("--truncation-rate", type=float, default=None, help="export: default truncation rate recorded")

@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,12 +66,41 @@ def ema_update(ema: dict[str, torch.Tensor], net: torch.nn.Module, max_decay: fl
             ema[k].copy_(v)
 
 
+def train_step(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: dict[str, torch.Tensor],
+    loss: torch.Tensor,
+    step: int,
+    lr: float,
+    warmup: int,
+    ema_decay: float,
+) -> float:
+    """One step of the demo loop: warmup learning rate, optimiser step with the gradients clipped to norm 1,
+    EMA update; returns the learning rate used.
+
+    Args:
+        step: optimiser steps taken before this one (the caller counts this one afterwards).
+        lr: the learning rate after warmup; warmup: its warmup steps (see warmup_lr).
+        ema_decay: the EMA's decay once warmed up (see ema_update).
+    """
+    used = warmup_lr(opt, lr, step, warmup)
+    optimizer_step(opt, loss, clip=net.parameters())
+    ema_update(ema, net, ema_decay, step + 1)
+    return used
+
+
 def log_record(work: Path, rec: dict[str, Any]) -> None:
     """Print a record as one JSON line to stderr and append it to work/log.jsonl."""
     print(json.dumps(rec), file=sys.stderr, flush=True)
     with open(work / "log.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(rec) + "\n")
 
+
+
+def run_record(module: str, steps: int, batch_size: int, wall_s: float) -> dict[str, Any]:
+    """The head of a training record (train_meta.json): the command line, steps, batch size, wall-clock seconds."""
+    return {"command": f"python -m {module} " + " ".join(sys.argv[1:]), "steps": steps, "batch_size": batch_size, "wall_s": round(wall_s, 1)}
 
 def training_state(
     net: torch.nn.Module, ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer, step: int, wall_s: float, **extra: Any
@@ -121,13 +150,11 @@ class WallClock:
         """Seconds of training so far, earlier runs included."""
         return self.done_s + time.time() - self.start
 
-    def save_due(self) -> bool:
-        """Whether more than save_every seconds passed since the last save (see saved)."""
-        return time.time() - self.last_save > self.save_every
-
-    def saved(self) -> None:
-        """Mark a save as done now."""
-        self.last_save = time.time()
+    def save_if_due(self, save: Callable[[], None]) -> None:
+        """Call save() when more than save_every seconds passed since the last such save (or the start)."""
+        if time.time() - self.last_save > self.save_every:
+            save()
+            self.last_save = time.time()
 
 
 def add_loop_options(
