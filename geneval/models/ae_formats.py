@@ -17,7 +17,6 @@ is strict: any missing or unexpected tensor is an error that lists them. Files a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import nn
 
 from geneval.errors import GenevalError
 from geneval.models.autoencoder import AEConfig, build_autoencoder
+from geneval.models.native import mismatch_parts, read_json_object, write_config, write_weights
 
 FORMAT = "geneval-autoencoder"
 FORMAT_VERSION = 1
@@ -92,18 +92,12 @@ def save_native_autoencoder(model: nn.Module, out: str | os.PathLike, training: 
         training: how it was trained (command, steps, time, final loss), stored verbatim.
         name: a display name (default: the folder name).
     """
-    from safetensors.torch import save
-
-    from geneval.results import atomic_write_text
+    import hashlib
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    data = save(state, metadata={"format": FORMAT})
-    tmp = out / ".model.safetensors.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, out / "model.safetensors")
-    import hashlib
+    data = write_weights(out, state, metadata={"format": FORMAT})
 
     doc = {
         "format": FORMAT,
@@ -113,19 +107,8 @@ def save_native_autoencoder(model: nn.Module, out: str | os.PathLike, training: 
         "weights_sha256": hashlib.sha256(data).hexdigest(),
         "training": training or {},
     }
-    atomic_write_text(out / "config.json", json.dumps(doc, indent=2) + "\n")
-    os.chmod(out / "config.json", 0o644)  # mkstemp makes 0600; shipped files are world-readable
+    write_config(out, doc)
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GenevalError(f"cannot read {path} as JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise GenevalError(f"{path}: expected a JSON object")
-    return doc
 
 
 # ---------------------------------------------------------------- shape (config) sources
@@ -154,7 +137,7 @@ def resolve_ae_config(config: str | os.PathLike | AEConfig | None) -> tuple[AECo
     if path.suffix.lower() in (".yaml", ".yml"):
         return config_from_ldm_yaml(path), f"LDM YAML {path}"
     if path.suffix.lower() == ".json":
-        doc = _read_json(path)
+        doc = read_json_object(path)
         return AEConfig.from_dict(_list_to_tuple(doc.get("config", doc))), f"JSON {path}"
     raise GenevalError(f"autoencoder config {path}: use a preset name, .yaml (LDM) or .json")
 
@@ -298,11 +281,6 @@ def describe_tensors(sd: dict[str, Any]) -> str:
     return f"{len(sd)} tensors, prefixes: {top or '(none)'}{guess}"
 
 
-def _short(keys: list[str], limit: int = 5) -> str:
-    more = f", +{len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def extract_first_stage(raw: dict[str, Any], where: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The autoencoder's tensors from an LDM checkpoint (first_stage_model.*) or a standalone one.
 
@@ -339,19 +317,8 @@ def extract_first_stage(raw: dict[str, Any], where: str) -> tuple[dict[str, torc
 
 def load_checked(model: nn.Module, sd: dict[str, torch.Tensor], where: str, cfg_source: str) -> None:
     """Strict load; on any mismatch raise one GenevalError listing missing, unexpected and reshaped tensors."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    reshaped = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_short(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} with other shapes (e.g. {k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})")
+    parts = mismatch_parts(model.state_dict(), sd)
+    if parts:
         raise GenevalError(
             f"{where} does not fit the {model.config.kind} autoencoder ({cfg_source}): "
             + "; ".join(parts)
@@ -427,7 +394,7 @@ def load_autoencoder(
         return _load_folder(path, config, device)
     sidecar = path.with_suffix(".json")
     if path.suffix.lower() == ".safetensors" and sidecar.is_file():
-        doc = _read_json(sidecar)
+        doc = read_json_object(sidecar)
         if doc.get("format") == FORMAT:
             if config is not None:
                 raise GenevalError(f"an autoencoder config applies to LDM checkpoint files only; {path} carries its own")
@@ -449,7 +416,7 @@ def load_autoencoder(
 def _load_folder(path: Path, config, device) -> LoadedAE:
     cfg_file = path / "config.json"
     if cfg_file.is_file():
-        doc = _read_json(cfg_file)
+        doc = read_json_object(cfg_file)
         if doc.get("format") == FORMAT:
             weights = path / "model.safetensors"
             if not weights.is_file():

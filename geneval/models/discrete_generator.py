@@ -24,7 +24,6 @@ applied before truncation.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from geneval.models.vqdiffusion import (
     from_diffusers_state,
     official_transformer_state,
 )
+from geneval.models.native import read_json_object, write_config, write_weights
 from geneval.sampling import discrete as D
 
 FORMAT = "geneval-vqdiffusion"
@@ -152,10 +152,9 @@ def load_token_map(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, Any
     p = Path(path).expanduser()
     if not p.is_file():
         raise GenevalError(f"token map not found: {p}")
-    try:
-        full_to_token = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a foreign or pickled-code file
-        raise GenevalError(f"cannot load {p} as a weights-only token map: {' '.join(str(e).split())[:160]}") from None
+    from geneval.models.safe_load import torch_load
+
+    full_to_token = torch_load(p, what="token map")
     if not isinstance(full_to_token, torch.Tensor) or full_to_token.ndim != 1 or full_to_token.dtype.is_floating_point:
         raise GenevalError(f"{p} is not a 1-D integer code → token table")
     full_to_token = full_to_token.long()
@@ -364,18 +363,12 @@ def save_native_vqdiffusion(
     """
     import hashlib
 
-    from safetensors.torch import save
-
     from geneval.models.ae_formats import load_autoencoder
-    from geneval.results import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in net.state_dict().items()}
-    data = save(state, metadata={"format": FORMAT})
-    tmp = out / ".model.safetensors.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, out / "model.safetensors")
+    data = write_weights(out, state, metadata={"format": FORMAT})
     ae = load_autoencoder(tokenizer if tokenizer.startswith("demo") else out / tokenizer)
     a1, aT, c1, cT = schedule.params
     doc = {
@@ -390,19 +383,8 @@ def save_native_vqdiffusion(
         "weights_sha256": hashlib.sha256(data).hexdigest(),
         "training": training or {},
     }
-    atomic_write_text(out / "config.json", json.dumps(doc, indent=2) + "\n")
-    os.chmod(out / "config.json", 0o644)
+    write_config(out, doc)
     return out
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise GenevalError(f"cannot read {path} as JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise GenevalError(f"{path}: expected a JSON object")
-    return doc
 
 
 def _strict_load(net: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
@@ -440,7 +422,7 @@ def _load_native(folder: Path, vq, token_map, device) -> DiscreteGenerator:
     from geneval.models.ae_formats import load_autoencoder
     from safetensors.torch import load_file
 
-    doc = _read_json(folder / "config.json")
+    doc = read_json_object(folder / "config.json")
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise GenevalError(f"{folder}: native format version {doc.get('format_version')} is newer than this geneval reads")
     weights = folder / "model.safetensors"
@@ -484,10 +466,9 @@ def _load_native(folder: Path, vq, token_map, device) -> DiscreteGenerator:
 
 
 def _load_official(path: Path, vq, token_map, vq_config, n_head: int, num_classes: int | None, device) -> DiscreteGenerator:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for pickled code or a foreign file
-        raise GenevalError(f"cannot load {path} as a weights-only torch checkpoint: {' '.join(str(e).split())[:200]}") from None
+    from geneval.models.safe_load import torch_load
+
+    raw = torch_load(path)
     if not isinstance(raw, dict):
         raise GenevalError(f"{path} holds a {type(raw).__name__}, not a VQ-Diffusion checkpoint")
     sd, buffers, part = official_transformer_state(raw)
@@ -582,7 +563,7 @@ def load_vqdiffusion(
         if path.is_dir():
             if (path / "model_index.json").is_file():
                 gen = _load_diffusers(path, device)
-            elif (path / "config.json").is_file() and _read_json(path / "config.json").get("format") == FORMAT:
+            elif (path / "config.json").is_file() and read_json_object(path / "config.json").get("format") == FORMAT:
                 gen = _load_native(path, vq, token_map, device)
             else:
                 raise GenevalError(

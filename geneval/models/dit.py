@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geneval.errors import GenevalError
+from geneval.models.native import short_list, write_config, write_weights
 
 # name → (depth, hidden_size, num_heads), from the official models.py.
 DIT_ARCHS: dict[str, tuple[int, int, int]] = {"XL": (28, 1152, 16), "L": (24, 1024, 16), "B": (12, 768, 12), "S": (12, 384, 6)}
@@ -451,10 +452,6 @@ def _infer_config(sd: dict[str, torch.Tensor], where: str, name: str | None = No
     return DiTConfig(**kw)
 
 
-def _short(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f", +{len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def check_state_dict(net: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
     """Raise one GenevalError listing missing, unexpected and mis-shaped tensors (strict loading)."""
     own = net.state_dict()
@@ -463,7 +460,7 @@ def check_state_dict(net: nn.Module, sd: dict[str, torch.Tensor], where: str) ->
     reshaped = [f"{k} {tuple(sd[k].shape)}≠{tuple(own[k].shape)}" for k in sorted(set(own) & set(sd)) if sd[k].shape != own[k].shape]
     if missing or unexpected or reshaped:
         raise GenevalError(
-            f"{where} does not fit the DiT: missing [{_short(missing)}]; unexpected [{_short(unexpected)}]; other shapes [{_short(reshaped, 2)}]"
+            f"{where} does not fit the DiT: missing [{short_list(missing)}]; unexpected [{short_list(unexpected)}]; other shapes [{short_list(reshaped, 2)}]"
         )
 
 
@@ -471,11 +468,9 @@ def _torch_load(path: Path) -> Any:
     """weights_only load; train.py checkpoints pickle their argparse.Namespace, allowed as plain data."""
     import argparse
 
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoints or pickled code
-        raise GenevalError(f"cannot load {path} as a weights-only torch checkpoint: {' '.join(str(e).split())[:200]}") from None
+    from geneval.models.safe_load import torch_load
+
+    return torch_load(path, allow=[argparse.Namespace])
 
 
 def _read_tensors(path: Path) -> dict[str, Any]:
@@ -614,7 +609,7 @@ def load_dit(
             raw, fmt = raw["ema"], "dit-train"
         sd = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
         if len(sd) != len(raw):
-            raise GenevalError(f"{p}: holds non-tensor entries ({_short(sorted(k for k in raw if k not in sd))}); not a DiT state dict")
+            raise GenevalError(f"{p}: holds non-tensor entries ({short_list(sorted(k for k in raw if k not in sd))}); not a DiT state dict")
         cfg = _infer_config(sd, str(p), arch, num_heads=num_heads)
     with torch.device("meta"):
         net = DiT(cfg)
@@ -631,19 +626,9 @@ NATIVE_FORMAT = "geneval-dit"
 
 def save_native_dit(net: DiT, out: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write a DiT as a folder: model.safetensors (official key names) + config.json (config and `extra`)."""
-    from safetensors.torch import save
-
-    from geneval.results import atomic_write_text
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
-    data = save(state)
-    tmp = out / ".model.safetensors.tmp"
-    tmp.write_bytes(data)
-    os.replace(tmp, out / "model.safetensors")
-    doc = {"format": NATIVE_FORMAT, "config": net.config.to_dict(), **(extra or {})}
-    atomic_write_text(out / "config.json", json.dumps(doc, indent=2) + "\n")
-    os.chmod(out / "config.json", 0o644)
+    write_weights(out, {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()})
+    write_config(out, {"format": NATIVE_FORMAT, "config": net.config.to_dict(), **(extra or {})})
     os.chmod(out / "model.safetensors", 0o644)
     return out

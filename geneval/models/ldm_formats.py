@@ -34,6 +34,7 @@ from torch import nn
 from geneval.errors import GenevalError
 from geneval.models.ae_formats import LoadedAE, first_stage_config, load_checked
 from geneval.models.autoencoder import build_autoencoder
+from geneval.models.native import mismatch_parts, short_list
 from geneval.models.ldm_unet import ClassEmbedder, LDMDenoiser, LDMUNet, LDMUNetConfig
 from geneval.sampling.schedules import DiffusionConfig
 
@@ -319,23 +320,9 @@ def ema_name(param: str) -> str:
     return "model_ema." + ("diffusion_model." + param).replace(".", "")
 
 
-def _short(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f", +{len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _check(own: dict[str, torch.Tensor], got: dict[str, torch.Tensor], what: str, where: str, prefix: str = "") -> None:
-    missing = sorted(prefix + k for k in set(own) - set(got))
-    unexpected = sorted(prefix + k for k in set(got) - set(own))
-    reshaped = sorted(k for k in set(own) & set(got) if tuple(own[k].shape) != tuple(got[k].shape))
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_short(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} with other shapes (e.g. {prefix}{k}: file {tuple(got[k].shape)} vs config {tuple(own[k].shape)})")
+    parts = mismatch_parts(own, got, prefix, against="config")
+    if parts:
         raise GenevalError(f"{where}: the {what} does not fit the YAML: " + "; ".join(parts))
 
 
@@ -375,7 +362,7 @@ def split_state_dict(sd: dict[str, torch.Tensor], spec: LDMSpec, unet: LDMUNet, 
         else:
             leftovers.append(k)
     if leftovers:
-        raise GenevalError(f"{where}: {len(leftovers)} tensor(s) belong to no part of an LDM: {_short(sorted(leftovers))}")
+        raise GenevalError(f"{where}: {len(leftovers)} tensor(s) belong to no part of an LDM: {short_list(sorted(leftovers))}")
     _check(unet.state_dict(), groups["unet"], "UNet (model.diffusion_model.*)", where, "model.diffusion_model.")
     ema = None
     if groups["ema"]:
@@ -384,7 +371,7 @@ def split_state_dict(sd: dict[str, torch.Tensor], spec: LDMSpec, unet: LDMUNet, 
         _check(want, groups["ema"], "EMA copy (model_ema.*)", where)
         ema = {n: groups["ema"][ema_name(n)] for n, _ in unet.named_parameters()}
     if cond is None and groups["cond_stage"]:
-        raise GenevalError(f"{where}: cond_stage_model.* tensors in an unconditional model: {_short(sorted(groups['cond_stage']))}")
+        raise GenevalError(f"{where}: cond_stage_model.* tensors in an unconditional model: {short_list(sorted(groups['cond_stage']))}")
     if cond is not None:
         _check(cond.state_dict(), groups["cond_stage"], "ClassEmbedder (cond_stage_model.*)", where, "cond_stage_model.")
     T = spec.diffusion.num_timesteps
