@@ -178,3 +178,32 @@ def test_plain_state_dict_roundtrip(tmp_path):
     torch.save(sd, tmp_path / "sd.pt")
     out = load_checkpoint(tmp_path / "sd.pt")
     assert set(out) == {"a", "b"} and all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize(
+    "loader",
+    [
+        "geneval.models.safe_load:load_checkpoint",
+        "geneval.models.safe_load:torch_load",
+        "geneval.features.dinov2:load_state_file",
+        "geneval.features.clip:load_openai_file",
+        "geneval.models.dit:load_dit",
+        "geneval.models.discrete_generator:load_token_map",
+    ],
+)
+def test_every_weights_only_load_refuses_in_one_line_without_torchs_advice(loader, tmp_path):
+    """Each place that reads a torch file: pickled code is refused by name, torch's 'weights_only=False' advice never reaches the user."""
+    import importlib
+    import os
+
+    module, name = loader.split(":")
+    load = getattr(importlib.import_module(module), name)
+    pickled = tmp_path / "code.pt"
+    torch.save({"x": os.system}, pickled)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    for path, match in ((pickled, "refused to unpickle posix.system"), (junk, "junk.pt")):
+        with pytest.raises(GenevalError, match=match) as info:
+            load(path)
+        msg = str(info.value).replace(str(tmp_path), "")  # the folder is named after this test
+        assert "\n" not in msg and "weights_only" not in msg and "False" not in msg, msg

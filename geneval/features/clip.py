@@ -137,10 +137,9 @@ def load_openai_file(path: str | Path) -> dict[str, torch.Tensor]:
             except RuntimeError as e:
                 raise GenevalError(f"cannot load {p} as TorchScript: {e}") from None
             return {k: v for k, v in module.state_dict().items() if k not in _NON_TENSOR_KEYS}
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as e:
-        raise GenevalError(f"cannot load {p} as a state dict: {e}") from None
+    from geneval.models.safe_load import torch_load
+
+    state = torch_load(p, what="state dict")  # pickled code is refused in one line, never run
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

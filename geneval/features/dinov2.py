@@ -168,10 +168,9 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return dict(load_file(str(p), device="cpu"))
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, ValueError, EOFError) as e:
-        raise GenevalError(f"cannot load {p} as a state dict: {e}") from None
+    from geneval.models.safe_load import torch_load
+
+    state = torch_load(p, what="state dict")  # pickled code is refused in one line, never run
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -82,10 +82,9 @@ def build_lpips(
         torch.manual_seed(seed)  # the random trunk is drawn from the global RNG: pin it, then restore
         model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
     if path is not None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for a non-checkpoint file
-            raise GenevalError(f"cannot load LPIPS backbone {path}: {' '.join(str(e).split())[:200]}") from None
+        from geneval.models.safe_load import torch_load
+
+        state = torch_load(path, what="LPIPS backbone")  # one line naming the file; never torch's advice to unpickle code
         load_backbone_state(model.net, state, str(path))
     model.eval().requires_grad_(False)
     return model.to(device)

@@ -171,22 +171,55 @@ _GLOBAL_PATTERNS = (
 )
 
 
-def _refusal(path: Path, err: Exception) -> GenevalError:
-    """One line naming the file and the offending global; torch's advice to disable the check is dropped."""
+def refusal(path: str | os.PathLike, err: Exception, what: str = "torch checkpoint") -> GenevalError:
+    """One line naming the file and, for pickled code, the offending global.
+
+    Torch's own message is never passed on whole: it advises re-running with the check turned off,
+    which geneval never does (and a user should not do with a file they did not make).
+    """
+    path = Path(path)
     text = " ".join(str(err).split())
     for pattern in _GLOBAL_PATTERNS:
         m = pattern.search(text)
         if m:
             return GenevalError(
-                f"{path}: refused to unpickle {m.group(1)}: a weights-only checkpoint holds only tensors, "
+                f"{path}: refused to unpickle {m.group(1)}: a weights-only {what} holds only tensors, "
                 f"plain containers and known Lightning/omegaconf objects (geneval never runs pickled code)"
             )
+    reason = text.split(". ")[0][:160]
+    if "weights_only" in reason or not reason:
+        reason = type(err).__name__
     if isinstance(err, (pickle.UnpicklingError, EOFError)) or "pickle" in text.lower() or "zip" in text.lower():
-        reason = text.split(". ")[0][:160]
-        if "weights_only" in reason:
-            reason = type(err).__name__
-        return GenevalError(f"{path}: not a readable weights-only torch checkpoint ({reason})")
-    return GenevalError(f"{path}: cannot read as a torch checkpoint ({type(err).__name__}: {text[:160]})")
+        return GenevalError(f"{path}: not a readable weights-only {what} ({reason})")
+    return GenevalError(f"{path}: cannot read as a {what} ({type(err).__name__}: {reason})")
+
+
+def torch_load(path: str | os.PathLike, *, allow: Any = (), mmap: bool = False, what: str = "torch checkpoint") -> Any:
+    """`torch.load(path, weights_only=True)` with every failure as one GenevalError line (see `refusal`).
+
+    Args:
+        path: the file written by torch.save.
+        allow: extra safe globals for the weights-only unpickler (e.g. argparse.Namespace).
+        mmap: memory-map tensor storages (zip-format files only; legacy files are read normally).
+        what: how messages name the file ("torch checkpoint", "LPIPS backbone", ...).
+    Returns:
+        The unpickled object, tensors on the CPU.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GenevalError(f"{what} not found: {path}" if not path.exists() else f"{path} is a folder; pass the {what} file itself")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise GenevalError(f"cannot read {path}: {e.strerror or e}") from None
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save writes a zip archive or a protocol-2 pickle
+        raise GenevalError(f"{path}: not a {what} (neither a torch.save zip archive nor a pickle)")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head.startswith(b"PK"))
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ValueError... for bad or unsafe files
+        raise refusal(path, e, what) from None
 
 
 def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
@@ -203,9 +236,4 @@ def load_checkpoint(path: str | os.PathLike, mmap: bool = False) -> Any:
     path = Path(path)
     if not path.is_file():
         raise GenevalError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ValueError... for bad or unsafe files
-        raise _refusal(path, e) from None
-    return _plain(obj)
+    return _plain(torch_load(path, allow=_SAFE_GLOBALS, mmap=mmap))
