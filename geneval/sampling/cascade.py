@@ -38,7 +38,7 @@ from geneval.sampling.generate import QUANTISATIONS, SamplingConfig, check_model
 from geneval.sampling.guidance import cfg_model_fn
 from geneval.sampling.noise import NoiseSource
 from geneval.sampling.samplers import get_sampler
-from geneval.sampling.schedules import make_schedule
+from geneval.sampling.schedules import StepCountError, make_schedule
 
 LOW_RES_RULE = "low_res = uint8/127.5 - 1, bilinear upsampling (align_corners=False, no antialias), concatenated after x_t; never noised"
 BETWEEN_STAGES = QUANTISATIONS["truncate"] + ", then /127.5 - 1 (guided-diffusion image_sample.py -> super_res_sample.py)"
@@ -142,7 +142,10 @@ class CascadeGenerator:
         base_cfg.validate()
         up_cfg.validate()
         check_models(self.base, base_cfg, self.classifier if cfg.classifier_scale > 0 else None)
-        check_models(self.upsampler, up_cfg)
+        try:
+            check_models(self.upsampler, up_cfg)
+        except StepCountError as e:  # the upsampler's count comes from --upsampler-steps
+            raise e.for_option("--upsampler-steps") from None
 
     def describe(self, cfg: SamplingConfig | None = None) -> dict[str, Any]:
         """Provenance: both models (+ classifier), each stage's sampling, and the cascade's conventions."""

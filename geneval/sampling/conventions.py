@@ -29,6 +29,7 @@ from geneval.sampling.schedules import (
     RESPACING_CONVENTIONS,
     DiffusionConfig,
     Schedule,
+    StepCountError,
     make_schedule,
 )
 
@@ -419,14 +420,19 @@ def plan_for(model: Any, cfg: Any) -> SamplingPlan:
         default = next((f.default for f in dataclasses.fields(cfg) if f.name == "clip_denoised"), None)
         if isinstance(default, bool) and clip == default:
             clip = None
-    return convention_for(model, source).plan(
-        model.diffusion,
-        cfg.sampler,
-        cfg.steps,
-        respacing=cfg.respacing,
-        respacing_convention=getattr(cfg, "respacing_convention", None),
-        eta=cfg.eta,
-        clip_denoised=clip,
-        variance=cfg.variance,
-        use_clipped_model_output=getattr(cfg, "use_clipped_model_output", None),
-    )
+    try:
+        return convention_for(model, source).plan(
+            model.diffusion,
+            cfg.sampler,
+            cfg.steps,
+            respacing=cfg.respacing,
+            respacing_convention=getattr(cfg, "respacing_convention", None),
+            eta=cfg.eta,
+            clip_denoised=clip,
+            variance=cfg.variance,
+            use_clipped_model_output=getattr(cfg, "use_clipped_model_output", None),
+        )
+    except StepCountError as e:
+        if cfg.respacing is None:  # the count came from --steps, which the message already names
+            raise
+        raise e.for_option("--respacing") from None

@@ -116,6 +116,42 @@ def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
     return 1.0 - np.append(abar[0], abar[1:] / abar[:-1])
 
 
+class StepCountError(GenevalError):
+    """A step count the schedule cannot take (ddimN without an integer stride, or N > T).
+
+    The message advises the option that sets the count: `--steps` by default (run, sweep and
+    sample all have it); `for_option` rephrases it for `--respacing` or `--upsampler-steps`.
+    """
+
+    def __init__(self, respacing: str, want: int, T: int, ddim: bool, option: str = "--steps") -> None:
+        self.respacing, self.want, self.T, self.ddim, self.option = respacing, want, T, ddim, option
+        super().__init__(self._message())
+
+    def for_option(self, option: str) -> StepCountError:
+        return StepCountError(self.respacing, self.want, self.T, self.ddim, option)
+
+    def _message(self) -> str:
+        spec = "ddim" if self.ddim and self.option == "--respacing" else ""
+        head = f"respacing {self.respacing!r}: "
+        if self.want > self.T:
+            return head + f"cannot take {self.want} steps from the model's {self.T} timesteps; use {self.option} {spec}{self.T} or fewer"
+        counts = stride_counts_near(self.T, self.want)
+        fix = f"use {self.option} " + " or ".join(f"{spec}{c}" for c in counts)
+        if self.option == "--respacing":
+            fix = f"use --respacing {' or '.join(f'ddim{c}' for c in counts)}, or --respacing {self.want} (evenly spread)"
+        elif len(counts) == 2:
+            fix = f"use {self.option} {counts[0]} or {self.option} {counts[1]}"
+        return head + f"no integer stride gives exactly {self.want} of {self.T} steps; {fix}"
+
+
+def stride_counts_near(T: int, want: int) -> tuple[int, ...]:
+    """The step counts next to `want` (below, above) that "ddimN" can take from T timesteps."""
+    counts = {len(range(0, T, stride)) for stride in range(1, T)} | {T}
+    below = [c for c in counts if c < want]
+    above = [c for c in counts if c > want]
+    return tuple(([max(below)] if below else []) + ([min(above)] if above else []))
+
+
 def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
     """The original timesteps kept by a guided-diffusion respacing spec, sorted ascending.
 
@@ -130,12 +166,14 @@ def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
                 want = int(spec[4:])
             except ValueError:
                 raise GenevalError(f"bad respacing {respacing!r}: expected ddimN") from None
+            if want < 1:
+                raise GenevalError(f"respacing {respacing!r}: step counts must be >= 1")
             for stride in range(1, T):
                 if len(range(0, T, stride)) == want:
                     return list(range(0, T, stride))
             if want == T:
                 return list(range(T))
-            raise GenevalError(f"respacing {respacing!r}: no integer stride gives exactly {want} of {T} steps; use respacing '{want}' instead")
+            raise StepCountError(respacing, want, T, ddim=True)
         try:
             counts = [int(x) for x in spec.split(",")]
         except ValueError:
@@ -144,6 +182,8 @@ def space_timesteps(T: int, respacing: str | list[int]) -> list[int]:
         counts = [int(x) for x in respacing]
     if any(c < 1 for c in counts):
         raise GenevalError(f"respacing {respacing!r}: step counts must be >= 1")
+    if len(counts) == 1 and counts[0] > T:
+        raise StepCountError(str(respacing), counts[0], T, ddim=False)
     size_per, extra = divmod(T, len(counts))
     start, steps = 0, []
     for i, count in enumerate(counts):
@@ -185,7 +225,9 @@ def respaced_timesteps(T: int, respacing: str | int | list[int], convention: str
     if convention == "adm":
         return space_timesteps(T, respacing)
     n = _step_count(respacing)
-    if not 1 <= n <= T:
+    if n > T:
+        raise StepCountError(str(respacing), n, T, ddim=False)
+    if n < 1:
         raise GenevalError(f"respacing {respacing!r}: the step count must lie in [1, {T}]")
     # The expressions below are diffusers' set_timesteps / LDM's make_ddim_timesteps verbatim in
     # numpy, including float arange and rounding, so that edge cases pick the same integers.
