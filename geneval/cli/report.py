@@ -33,7 +33,10 @@ def _check_out(out: Path | None) -> None:
 def _format(fmt: str | None, out: Path | None, allowed: tuple[str, ...]) -> str:
     if fmt is None:
         suffix = out.suffix.lower().lstrip(".") if out is not None else ""
-        fmt = {"markdown": "md", "htm": "html"}.get(suffix, suffix) if suffix in allowed + ("markdown", "htm") else "md"
+        if suffix and suffix not in allowed + ("markdown", "htm"):  # never markdown silently written to r.pdf
+            known = ", ".join(f".{a}" for a in allowed)
+            raise GenevalError(f"--out {out}: unknown format .{suffix}; use {known} (or name the format with --format)")
+        fmt = {"markdown": "md", "htm": "html"}.get(suffix, suffix) if suffix else "md"
     fmt = fmt.lower()
     if fmt not in allowed:
         raise GenevalError(f"unknown format {fmt!r}; choose from {', '.join(allowed)}")
@@ -117,24 +120,30 @@ def gate(
         verdict_markdown,
     )
     from geneval.results import ResultSet, read_results, write_results
+    from geneval.runner.output import check_output_file
 
+    # Every argument is checked before anything is read or printed: an error is the only line.
     tols = parse_tolerances(tolerance)
-    runs = load_runs(results)
-    print(f"read {len(runs)} run(s) from {len(results)} input(s)", file=sys.stderr)
     if update_baseline:
         if baseline.suffix.lower() != ".json":
             raise GenevalError(f"baseline must be a .json file, got {baseline}")
+        check_output_file(baseline, "--baseline")
+    elif not baseline.exists():
+        raise GenevalError(f"baseline {baseline} not found; create it with: geneval gate RESULTS --baseline {baseline} --update-baseline")
+    runs = load_runs(results)
+    read = f"read {len(runs)} run(s) from {len(results)} input(s)"
+    if update_baseline:
         base = make_baseline(runs)
+        print(read, file=sys.stderr)
         write_results(base, baseline)
         method = base.config["baseline"]["method"]
         summary = ", ".join(f"{r.metric}={r.value:.6g}" + (f"±{r.std:.3g}" if r.std is not None else "") for r in base.rows)
         print(f"wrote baseline {baseline} from {len(runs)} run(s) ({method}): {summary}")
         return
-    if not baseline.exists():
-        raise GenevalError(f"baseline {baseline} not found; create it with: geneval gate RESULTS --baseline {baseline} --update-baseline")
     base_rs = read_results(baseline)
     res = ResultSet([r for run in runs for r in run.rows])
     verdict = run_gate(res, base_rs, tols, z=z, results_label=", ".join(map(str, results)), baseline_label=str(baseline))
+    print(read, file=sys.stderr)
     md = verdict_markdown(verdict)
     sys.stdout.write(md)
     summary_path = os.environ.get("GITHUB_STEP_SUMMARY")
