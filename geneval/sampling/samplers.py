@@ -12,7 +12,7 @@ The output is the final sample in [-1, 1] data space (not yet quantised).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -257,26 +257,11 @@ def _sigma_denoiser(
     return denoise
 
 
-def euler(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    noise: NoiseSource,
-    *,
-    karras: bool = True,
-    rho: float = 7.0,
-    clip_denoised: bool = True,
-    clip_range: float = 1.0,
-    threshold: float | None = None,
-    threshold_max: float = 1.0,
-    sigmas=None,
-    sigma_timesteps=None,
-    init_sigma: float | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
-    """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 2 without the 2nd order step).
+class SigmaRun:
+    """What the σ-space samplers (euler, heun, dpmpp_2m) share: their knobs, the σ grid, the denoiser
+    at σ_i, the initial x and the step loop with its progress callback.
 
-    Args:
+    Args (the knobs every σ sampler takes):
         karras: Karras σ spacing over the model's σ range (else the kept timesteps' σ's).
         rho: Karras ρ.
         clip_denoised, clip_range, threshold, threshold_max: x̂0 processing (see ddpm).
@@ -284,105 +269,94 @@ def euler(
             (diffusers' scheduler rules, see geneval.sampling.conventions).
         sigma_timesteps: the network timestep for each of those σ's (default: log-σ interpolation).
         init_sigma: scale of the initial noise (default σ_0; diffusers: its init_noise_sigma).
+        callback: called with (steps done, n) after each step.
     """
-    sig, ts = _grid(schedule, karras, rho, sigmas, sigma_timesteps)
-    D = _sigma_denoiser(model_fn, schedule, clip_denoised, clip_range, threshold, threshold_max)
-    x = x * (sig[0] if init_sigma is None else init_sigma)
-    for i in range(len(sig) - 1):
-        d = (x - D(x, sig[i], None if ts is None else ts[i])) / sig[i]
+
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        x: torch.Tensor,
+        schedule: Schedule,
+        *,
+        karras: bool = True,
+        rho: float = 7.0,
+        clip_denoised: bool = True,
+        clip_range: float = 1.0,
+        threshold: float | None = None,
+        threshold_max: float = 1.0,
+        sigmas=None,
+        sigma_timesteps=None,
+        init_sigma: float | None = None,
+        callback: Callback | None = None,
+    ) -> None:
+        self.sig, self.ts = _grid(schedule, karras, rho, sigmas, sigma_timesteps)
+        self.n = len(self.sig) - 1
+        self.denoise = _sigma_denoiser(model_fn, schedule, clip_denoised, clip_range, threshold, threshold_max)
+        self.x = x * (self.sig[0] if init_sigma is None else init_sigma)  # the initial noise at its σ
+        self.callback = callback
+
+    def D(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The denoised estimate of x at σ_i (at its explicit network timestep when one is given)."""
+        return self.denoise(x, self.sig[i], None if self.ts is None else self.ts[i])
+
+    def steps(self) -> Iterator[int]:
+        """The step indices 0 … n−1; the callback hears of each step once its body has run."""
+        for i in range(self.n):
+            yield i
+            if self.callback:
+                self.callback(i + 1, self.n)
+
+
+def euler(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, noise: NoiseSource, **knobs) -> torch.Tensor:
+    """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 2 without the 2nd order step).
+
+    Knobs: those of SigmaRun.
+    """
+    run = SigmaRun(model_fn, x, schedule, **knobs)
+    sig, x = run.sig, run.x
+    for i in run.steps():
+        d = (x - run.D(x, i)) / sig[i]
         x = x + d * (sig[i + 1] - sig[i])
-        if callback:
-            callback(i + 1, len(sig) - 1)
     return x
 
 
-def heun(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    noise: NoiseSource,
-    *,
-    karras: bool = True,
-    rho: float = 7.0,
-    clip_denoised: bool = True,
-    clip_range: float = 1.0,
-    threshold: float | None = None,
-    threshold_max: float = 1.0,
-    sigmas=None,
-    sigma_timesteps=None,
-    init_sigma: float | None = None,
-    callback: Callback | None = None,
-) -> torch.Tensor:
+def heun(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, noise: NoiseSource, **knobs) -> torch.Tensor:
     """Heun's 2nd-order method (Karras et al. 2022, Alg. 1); final step to σ=0 is Euler (NFE 2n−1).
 
-    Args:
-        karras: Karras σ spacing over the model's σ range (else the kept timesteps' σ's).
-        rho: Karras ρ.
-        clip_denoised, clip_range, threshold, threshold_max: x̂0 processing (see ddpm).
-        sigmas: explicit descending σ's (length n+1, ending in 0 or σ_min), replacing the above
-            (diffusers' scheduler rules, see geneval.sampling.conventions).
-        sigma_timesteps: the network timestep for each of those σ's (default: log-σ interpolation).
-        init_sigma: scale of the initial noise (default σ_0; diffusers: its init_noise_sigma).
+    Knobs: those of SigmaRun.
     """
-    sig, ts = _grid(schedule, karras, rho, sigmas, sigma_timesteps)
-    D = _sigma_denoiser(model_fn, schedule, clip_denoised, clip_range, threshold, threshold_max)
-    x = x * (sig[0] if init_sigma is None else init_sigma)
-    for i in range(len(sig) - 1):
+    run = SigmaRun(model_fn, x, schedule, **knobs)
+    sig, x = run.sig, run.x
+    for i in run.steps():
         s, s_next = sig[i], sig[i + 1]
-        d = (x - D(x, s, None if ts is None else ts[i])) / s
+        d = (x - run.D(x, i)) / s
         x_next = x + d * (s_next - s)
         if s_next > 0:
-            d_next = (x_next - D(x_next, s_next, None if ts is None else ts[i + 1])) / s_next
+            d_next = (x_next - run.D(x_next, i + 1)) / s_next
             x_next = x + (d + d_next) / 2 * (s_next - s)
         x = x_next
-        if callback:
-            callback(i + 1, len(sig) - 1)
     return x
 
 
 def dpmpp_2m(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    noise: NoiseSource,
-    *,
-    karras: bool = True,
-    rho: float = 7.0,
-    clip_denoised: bool = True,
-    clip_range: float = 1.0,
-    threshold: float | None = None,
-    threshold_max: float = 1.0,
-    sigmas=None,
-    sigma_timesteps=None,
-    init_sigma: float | None = None,
-    lower_order_final: bool = False,
-    vp_output: bool = False,
-    callback: Callback | None = None,
+    model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, noise: NoiseSource, *, lower_order_final: bool = False, vp_output: bool = False, **knobs
 ) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022) in λ = −log σ, multistep on the denoised estimates.
 
     Args:
-        karras: Karras σ spacing over the model's σ range (else the kept timesteps' σ's).
-        rho: Karras ρ.
-        clip_denoised, clip_range, threshold, threshold_max: x̂0 processing (see ddpm).
-        sigmas: explicit descending σ's (length n+1, ending in 0 or σ_min), replacing the above
-            (diffusers' scheduler rules, see geneval.sampling.conventions).
-        sigma_timesteps: the network timestep for each of those σ's (default: log-σ interpolation).
-        init_sigma: scale of the initial noise (default σ_0; diffusers: its init_noise_sigma).
         lower_order_final: first order at the last step even when it ends at σ_min > 0
             (diffusers' euler_at_final, or lower_order_final with fewer than 15 steps); the
             step to σ = 0 is always first order.
         vp_output: return x/√(σ²+1) at the final σ, the VP sample diffusers' DPM-Solver returns
             (the same as x when the final σ is 0).
+        **knobs: those of SigmaRun.
     """
-    sig, ts = _grid(schedule, karras, rho, sigmas, sigma_timesteps)
-    D = _sigma_denoiser(model_fn, schedule, clip_denoised, clip_range, threshold, threshold_max)
-    x = x * (sig[0] if init_sigma is None else init_sigma)
-    n = len(sig) - 1
+    run = SigmaRun(model_fn, x, schedule, **knobs)
+    sig, x, n = run.sig, run.x, run.n
     old = None
-    for i in range(n):
+    for i in run.steps():
         s, s_next = sig[i], sig[i + 1]
-        den = D(x, s, None if ts is None else ts[i])
+        den = run.D(x, i)
         if s_next == 0:
             x = den  # the limit of the update as σ' → 0
         else:
@@ -394,8 +368,6 @@ def dpmpp_2m(
                 d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
             x = (s_next / s) * x - math.expm1(-h) * d
         old = den
-        if callback:
-            callback(i + 1, n)
     if vp_output:
         x = x / math.sqrt(sig[-1] ** 2 + 1.0)
     return x
