@@ -1,7 +1,8 @@
 """The Typer CLI: a thin shell over the library. Results go to stdout, progress and logs to stderr.
 
 Each command group lives in its own module with a `register(app)` function. User errors
-(`GenevalError`) become a one-line message on stderr and exit code 2.
+(`GenevalError`, running out of disk space included) become a one-line message on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as e:  # click usage errors carry their own exit code (2)
         import click
+
+        from geneval.runner.output import disk_full_error
+
+        full = disk_full_error(e)  # a write outside geneval's writers (a library's cache) ran out of space
+        if full is not None:
+            print(f"error: {' '.join(str(full).split())}", file=sys.stderr)
+            sys.exit(2)
 
         try:  # typer >= 0.20 raises its vendored copy of click's exceptions
             from typer._click.exceptions import ClickException as _TyperClickException

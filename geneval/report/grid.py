@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -88,15 +87,10 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | 
         labels: class ids or None.
         kwargs: passed to `grid_image` (class_names, per_class, max_images, scale).
     """
+    from geneval.runner.output import atomic_open
+
     path = Path(path)
     img = grid_image(images, labels, **kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG")
     return path

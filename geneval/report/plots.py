@@ -68,12 +68,13 @@ def describe(rs: ResultSet, param: str) -> str:
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+    from geneval.runner.output import atomic_open
+
     paths = []
     for ext in ("png", "svg"):
         p = out_dir / f"{stem}.{ext}"
-        tmp = out_dir / f".{stem}.tmp.{ext}"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, p)
+        with atomic_open(p, "wb") as f:
+            fig.savefig(f, format=ext, dpi=120, bbox_inches="tight")
         paths.append(p)
     return paths
 

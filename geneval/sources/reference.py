@@ -11,8 +11,10 @@ Statistics-only files (`stats_only=True`) hold `mu`, `sigma` (what pytorch-fid r
 `mu_s`, `sigma_s` and `geneval_meta`; they serve FID and sFID only.
 
 Images are streamed to a temporary raw file next to the output while features are extracted,
-then copied into the archive, so memory stays at one batch. Everything is written to a temp
-file and moved into place with os.replace: a failure leaves no partial output.
+then copied into the archive, so memory stays at one batch. Both files go through geneval's one
+writer (geneval.runner.output): locked temporary files moved into place with os.replace, so a
+failure leaves no partial output, a killed build's leftovers are swept by the next, and a full
+disk is one clear error.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,6 +29,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from geneval.errors import GenevalError
+from geneval.runner.output import atomic_open, disk_guard, locked_temp
 from geneval.sources.npz import META_KEY
 
 _COPY_CHUNK = 1 << 22
@@ -48,13 +50,18 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
 class ImageSpool:
     """Collects uint8 image batches of one size in a temporary raw file (for `arr_0`).
 
+    The file is locked by this process while it lives (a killed build's spool is swept by the
+    next one in the same folder).
+
     Args:
         folder: where the temporary file goes (the output's folder, so the final copy is local).
     """
 
     def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, self.path = tempfile.mkstemp(prefix=".geneval-images.", suffix=".raw", dir=folder)
+        self.folder = Path(folder)
+        with disk_guard(f"the image spool in {self.folder}"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, self.path = locked_temp(self.folder, ".geneval-images.", ".raw")
         self._f = os.fdopen(fd, "wb")
         self.n = 0
         self.shape: tuple[int, ...] | None = None
@@ -74,16 +81,22 @@ class ImageSpool:
                 f"a reference batch with images needs one image size, found {self.shape[:2]} and "
                 f"{tuple(rgb.shape[1:3])}: resize the images first or build without images (--no-images)"
             )
-        self._f.write(np.ascontiguousarray(rgb).data)
+        with disk_guard(f"the image spool in {self.folder}"):
+            self._f.write(np.ascontiguousarray(rgb).data)
         self.n += len(rgb)
 
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+    def finish(self) -> None:
+        """Flush the images to the file (kept open, so still locked, until `discard`)."""
+        with disk_guard(f"the image spool in {self.folder}"):
+            self._f.flush()
 
     def discard(self) -> None:
-        self.close()
+        """Remove the file (still holding its lock), then close it."""
         Path(self.path).unlink(missing_ok=True)
+        try:
+            self._f.close()
+        except OSError:  # unflushed images of a failed build: the file is gone already
+            pass
 
 
 def write_reference(
@@ -117,35 +130,21 @@ def write_reference(
     if pool3 is not None:
         arrays["geneval_pool3"] = np.asarray(pool3, dtype=np.float32)
     arrays[META_KEY] = np.asarray(json.dumps(meta, sort_keys=True, default=str))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with atomic_open(out, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             if images is not None:
                 _write_spooled(zf, images)
             for key, arr in arrays.items():
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, arr, allow_pickle=False)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a reference is meant to be shared
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         if images is not None:
             images.discard()
     return out
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_spooled(zf: zipfile.ZipFile, spool: ImageSpool) -> None:
-    spool.close()
+    spool.finish()
     if spool.shape is None or spool.n == 0:
         raise GenevalError("no images to store in the reference batch")
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": (spool.n, *spool.shape)}
