@@ -22,6 +22,7 @@ stats file (pytorch-fid) carries no provenance and is used with a recorded warni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
@@ -215,7 +216,7 @@ def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any
     from geneval.features.inception import FEATURES_NAME
     from geneval.runner import distributed
     from geneval.runner.execute import SourceProducer, stream_features
-    from geneval.runner.shards import ShardStore
+    from geneval.runner.shards import ShardStore, job_scratch
     from geneval.weights import cache_dir
 
     dist = distributed.current()
@@ -224,36 +225,38 @@ def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any
     info = getattr(extractor, "info", None) or {}
     if info.get("networks"):  # DINOv2 / CLIP beside Inception: their weights shape the entry too
         key["networks"] = info["networks"]
-    if config.cache:
-        root = cache_dir() / "features"
-    else:  # private to this job: neither read nor leave anything
-        root = cache_dir() / "scratch" / os.environ.get("TORCHELASTIC_RUN_ID", f"pid{os.getpid()}")
-    store = ShardStore(root, key, max(int(src.n or 0), 1), config.shard_size).open()
-    record = store.complete_record()
+    with contextlib.ExitStack() as scope:
+        if config.cache:
+            root = cache_dir() / "features"
+        else:  # private to this job (all its ranks): neither read nor leave anything, even when killed
+            name = os.environ.get("TORCHELASTIC_RUN_ID", f"pid{os.getpid()}")
+            root = scope.enter_context(job_scratch(cache_dir() / "scratch", name))
+        store = ShardStore(root, key, max(int(src.n or 0), 1), config.shard_size).open()
+        record = store.complete_record()
 
-    def extract(images: np.ndarray) -> dict[str, Any]:
-        ex = extractor.get() if isinstance(extractor, Extractors) else extractor
-        return ex.extract(images)
+        def extract(images: np.ndarray) -> dict[str, Any]:
+            ex = extractor.get() if isinstance(extractor, Extractors) else extractor
+            return ex.extract(images)
 
-    streamed = stream_features(
-        store, SourceProducer(src, config.batch_size), extract, needs, dist, progress=config.progress, desc=f"inception ({label})"
-    )
-    hit = streamed.resumed == store.num_shards
-    if record is not None and hit:
-        report = ReadReport.from_dict(record.get("report", {}))
-        log.info("%s: features from cache (%s)", label, store.digest[:12])
-    else:
-        report = _merged_report(dist, src.report, streamed.n)
-        if dist.is_main and config.cache:
-            store.mark_complete({"report": report.to_dict(), "source": src.describe()})
-    if streamed.n == 0:
-        raise GenevalError(f"{label} {src.spec}: no images to extract features from (0 images could be read)")
-    log.info("%s: %s", label, report.summary())
-    if not config.cache:
-        distributed.barrier(dist)
-        if dist.is_main:
-            store.remove()
-    return streamed, report, hit
+        streamed = stream_features(
+            store, SourceProducer(src, config.batch_size), extract, needs, dist, progress=config.progress, desc=f"inception ({label})"
+        )
+        hit = streamed.resumed == store.num_shards
+        if record is not None and hit:
+            report = ReadReport.from_dict(record.get("report", {}))
+            log.info("%s: features from cache (%s)", label, store.digest[:12])
+        else:
+            report = _merged_report(dist, src.report, streamed.n)
+            if dist.is_main and config.cache:
+                store.mark_complete({"report": report.to_dict(), "source": src.describe()})
+        if streamed.n == 0:
+            raise GenevalError(f"{label} {src.spec}: no images to extract features from (0 images could be read)")
+        log.info("%s: %s", label, report.summary())
+        if not config.cache:
+            distributed.barrier(dist)
+            if dist.is_main:
+                store.remove()
+        return streamed, report, hit
 
 
 def _outputs(weights: Any) -> tuple[str, ...]:

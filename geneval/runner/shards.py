@@ -17,6 +17,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.runner.output import atomic_savez, atomic_write_text
+from geneval.runner.output import atomic_savez, atomic_write_text, sweep_temps
 
 STORE_VERSION = 1
 META = "__meta__"
@@ -70,19 +72,12 @@ class ShardStore:
         else:
             atomic_write_text(manifest, json.dumps({"key": self.key}, indent=2, default=str) + "\n")
         self._sweep_temps()
+        sweep_trash(self.dir.parent)
         return self
 
     def _sweep_temps(self) -> None:
-        """Remove temporary files a killed writer left, for shards nobody is writing now (their lock is free)."""
-        for tmp in self.dir.glob(".shard_*.npz.*.tmp"):
-            try:
-                k = int(tmp.name.split("_", 1)[1].split(".", 1)[0])
-            except ValueError:
-                continue
-            with self.claim(k, wait=False) as free:
-                if free:
-                    with contextlib.suppress(OSError):
-                        tmp.unlink()
+        """Remove temporary files killed writers left (their flock is free; live writers hold theirs)."""
+        sweep_temps(self.dir, ".shard_*.npz.*.tmp")
 
     def bounds(self, k: int) -> tuple[int, int]:
         lo = k * self.shard_size
@@ -141,7 +136,88 @@ class ShardStore:
             return None
 
     def remove(self) -> None:
-        """Delete the store (after a successful job that keeps no cache)."""
-        import shutil
+        """Delete the store (after a successful job that keeps no cache).
 
-        shutil.rmtree(self.dir, ignore_errors=True)
+        The folder is first renamed aside (one atomic step), so a process killed while deleting
+        leaves a `.trash-*` folder that the next store opened in the same root sweeps, never a
+        half-deleted store.
+        """
+        trash = self.dir.parent / f".trash-{self.dir.name}-{os.getpid()}"
+        try:
+            os.replace(self.dir, trash)
+        except OSError:  # gone already, or a stale trash of that name: delete in place
+            trash = self.dir
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_trash(root: str | os.PathLike) -> None:
+    """Finish deleting the stores that processes killed while removing them left in `root`."""
+    root = Path(root)
+    if root.is_dir():
+        for d in root.glob(".trash-*"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def job_scratch(base: str | os.PathLike, name: str) -> Iterator[Path]:
+    """A folder base/name private to one job (shared by its ranks), removed when the job's last process leaves.
+
+    Every process of the job holds a shared flock on base/name/.owner while inside; a folder whose
+    lock nobody holds belongs to a job that was killed, and is swept by the next job entering.
+
+    Args:
+        base: the parent of all jobs' private folders (<cache>/scratch).
+        name: this job's folder name (the same on every rank).
+    """
+    base = Path(base)
+    mine = base / name
+    _sweep_scratch(base, mine)
+    while True:
+        mine.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(mine / ".owner", os.O_CREAT | os.O_RDWR, 0o644)
+        except FileNotFoundError:  # a sweeper removed the folder just now
+            continue
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a sweeper holds it only while deleting
+        if os.fstat(fd).st_nlink > 0:
+            break
+        os.close(fd)
+    try:
+        yield mine
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        try:  # the last process of the job out removes the folder
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass
+        else:
+            shutil.rmtree(mine, ignore_errors=True)
+        os.close(fd)
+
+
+_SCRATCH_GRACE_S = 3600.0  # a folder without its .owner file yet: being created, unless it is this old
+
+
+def _sweep_scratch(base: Path, mine: Path) -> None:
+    if not base.is_dir():
+        return
+    for d in base.iterdir():
+        if d == mine or not d.is_dir() or d.is_symlink():
+            continue
+        try:
+            fd = os.open(d / ".owner", os.O_RDONLY)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - d.stat().st_mtime > _SCRATCH_GRACE_S:
+                    shutil.rmtree(d, ignore_errors=True)
+            continue
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its job is alive
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)
