@@ -212,12 +212,12 @@ def frechet_metric(ctx: _Context, name: str, layer: str) -> MetricValue:
     return MetricValue(name, value, None, ctx.samples.n, extra)
 
 
-def _fid(ctx: _Context) -> MetricValue:
-    return frechet_metric(ctx, "fid", "pool3")
-
-
-def _sfid(ctx: _Context) -> MetricValue:
-    return frechet_metric(ctx, "sfid", "spatial")
+def frechet_spec(name: str, layer: str, description: str, weights: tuple[str, ...]) -> MetricSpec:
+    """The registry entry of a Fréchet distance of one feature layer (FID, sFID, FD-DINOv2, …): lower
+    is better, against the reference, its own group, Gaussian statistics suffice."""
+    return MetricSpec(
+        name, False, (layer,), True, name, description, stats_suffice=True, compute=lambda ctx: frechet_metric(ctx, name, layer), weights=weights
+    )
 
 
 def _is(ctx: _Context) -> MetricValue:
@@ -266,52 +266,39 @@ def _kid(ctx: _Context) -> MetricValue:
     return MetricValue("kid", mean, std, _rows(x), extra)
 
 
-def _pr(ctx: _Context, name: str) -> MetricValue:
+def _knn_metric(ctx: _Context, name: str, group: str, pair_fn: Callable[..., tuple[float, float]], k_option: str, which: int) -> MetricValue:
+    """Value `which` (0 or 1) of the pair pair_fn gives for pool3 (precision_recall, density_coverage),
+    computed once for the group, with k the option `k_option`."""
     x, y = ctx.arrays(name, "pool3")
     o = ctx.options
-    prec, rec = ctx.pair("pr", lambda: precision_recall(y, x, k=o.pr_k, block_size=o.block_size, device=o.device))
-    extra = {"k": o.pr_k, "n_ref": _rows(y), "distance": "squared euclidean, float32"}
-    return MetricValue(name, prec if name == "precision" else rec, None, _rows(x), extra)
+    k = getattr(o, k_option)
+    pair = ctx.pair(group, lambda: pair_fn(y, x, k=k, block_size=o.block_size, device=o.device))
+    extra = {"k": k, "n_ref": _rows(y), "distance": "squared euclidean, float32"}
+    return MetricValue(name, pair[which], None, _rows(x), extra)
 
 
-def _dc(ctx: _Context, name: str) -> MetricValue:
-    x, y = ctx.arrays(name, "pool3")
-    o = ctx.options
-    dens, cov = ctx.pair("dc", lambda: density_coverage(y, x, k=o.dc_k, block_size=o.block_size, device=o.device))
-    extra = {"k": o.dc_k, "n_ref": _rows(y), "distance": "squared euclidean, float32"}
-    return MetricValue(name, dens if name == "density" else cov, None, _rows(x), extra)
-
-
-def _k_plus_one(attr: str) -> Callable[[MetricOptions], int]:
-    return lambda o: getattr(o, attr) + 1
+def _knn_spec(name: str, group: str, description: str, pair_fn: Callable[..., tuple[float, float]], k_option: str, which: int) -> MetricSpec:
+    """The registry entry of a k-NN manifold metric of pool3 (see _knn_metric): higher is better,
+    against the reference, defined from k + 1 points."""
+    return MetricSpec(
+        name,
+        True,
+        ("pool3",),
+        True,
+        group,
+        description,
+        compute=lambda ctx: _knn_metric(ctx, name, group, pair_fn, k_option, which),
+        min_n=lambda o: getattr(o, k_option) + 1,
+        weights=_INCEPTION,
+    )
 
 
 _INCEPTION = ("inception",)
 # The feature metrics of the ADM / torch-fidelity recipes (REFERENCE §2): the registry entry is
 # the compute table (function, features, weights, minimum N).
 for _spec in (
-    MetricSpec(
-        "fid",
-        False,
-        ("pool3",),
-        True,
-        "fid",
-        "Frechet distance of TF-Inception pool3 (2048-d) Gaussians",
-        stats_suffice=True,
-        compute=_fid,
-        weights=_INCEPTION,
-    ),
-    MetricSpec(
-        "sfid",
-        False,
-        ("spatial",),
-        True,
-        "sfid",
-        "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)",
-        stats_suffice=True,
-        compute=_sfid,
-        weights=_INCEPTION,
-    ),
+    frechet_spec("fid", "pool3", "Frechet distance of TF-Inception pool3 (2048-d) Gaussians", _INCEPTION),
+    frechet_spec("sfid", "spatial", "Frechet distance of TF-Inception mixed_6/conv spatial features (2023-d)", _INCEPTION),
     MetricSpec(
         "is",
         True,
@@ -332,50 +319,10 @@ for _spec in (
         compute=_kid,
         weights=_INCEPTION,
     ),
-    MetricSpec(
-        "precision",
-        True,
-        ("pool3",),
-        True,
-        "pr",
-        "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)",
-        compute=lambda ctx: _pr(ctx, "precision"),
-        min_n=_k_plus_one("pr_k"),
-        weights=_INCEPTION,
-    ),
-    MetricSpec(
-        "recall",
-        True,
-        ("pool3",),
-        True,
-        "pr",
-        "Share of reference points inside the sample k-NN manifold",
-        compute=lambda ctx: _pr(ctx, "recall"),
-        min_n=_k_plus_one("pr_k"),
-        weights=_INCEPTION,
-    ),
-    MetricSpec(
-        "density",
-        True,
-        ("pool3",),
-        True,
-        "dc",
-        "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)",
-        compute=lambda ctx: _dc(ctx, "density"),
-        min_n=_k_plus_one("dc_k"),
-        weights=_INCEPTION,
-    ),
-    MetricSpec(
-        "coverage",
-        True,
-        ("pool3",),
-        True,
-        "dc",
-        "Share of reference points whose k-NN ball holds a sample",
-        compute=lambda ctx: _dc(ctx, "coverage"),
-        min_n=_k_plus_one("dc_k"),
-        weights=_INCEPTION,
-    ),
+    _knn_spec("precision", "pr", "Share of samples inside the reference k-NN manifold (Kynkaanniemi et al. 2019)", precision_recall, "pr_k", 0),
+    _knn_spec("recall", "pr", "Share of reference points inside the sample k-NN manifold", precision_recall, "pr_k", 1),
+    _knn_spec("density", "dc", "Mean count of reference k-NN balls holding each sample, over k (Naeem et al. 2020)", density_coverage, "dc_k", 0),
+    _knn_spec("coverage", "dc", "Share of reference points whose k-NN ball holds a sample", density_coverage, "dc_k", 1),
 ):
     register(_spec)
 del _spec

@@ -14,6 +14,7 @@ import numpy as np
 
 from geneval.errors import GenevalError
 from geneval.metrics import bootstrap, fd_inf, per_class, vendi
+from geneval.metrics.compute import frechet_spec
 from geneval.metrics.registry import MetricSpec, register
 
 _INCEPTION = ("inception",)
@@ -123,15 +124,6 @@ for _spec in (
 del _spec
 
 
-def _fd_on(layer: str, name: str):
-    def compute(ctx: Any) -> Any:
-        from geneval.metrics.compute import frechet_metric
-
-        return frechet_metric(ctx, name, layer)
-
-    return compute
-
-
 def _cmmd(ctx: Any) -> Any:
     from geneval.metrics import cmmd
     from geneval.metrics.compute import MetricValue
@@ -151,39 +143,9 @@ def _cmmd(ctx: Any) -> Any:
 # Other feature spaces (issue 14): one FD per registered network, and CMMD on CLIP embeddings.
 # `weights` names the feature network each needs; the run/eval preflight checks its weight file.
 for _spec in (
-    MetricSpec(
-        "fd_dinov2",
-        False,
-        ("dinov2_cls",),
-        True,
-        "fd_dinov2",
-        "Frechet distance of DINOv2 ViT-L/14 CLS features (dgm-eval / EDM2 FD-DINOv2)",
-        stats_suffice=True,
-        compute=_fd_on("dinov2_cls", "fd_dinov2"),
-        weights=("dinov2",),
-    ),
-    MetricSpec(
-        "fd_dinov2_b14",
-        False,
-        ("dinov2_b14_cls",),
-        True,
-        "fd_dinov2_b14",
-        "Frechet distance of DINOv2 ViT-B/14 CLS features",
-        stats_suffice=True,
-        compute=_fd_on("dinov2_b14_cls", "fd_dinov2_b14"),
-        weights=("dinov2-b14",),
-    ),
-    MetricSpec(
-        "fd_clip",
-        False,
-        ("clip_embed",),
-        True,
-        "fd_clip",
-        "Frechet distance of CLIP ViT-L/14@336 image embeddings",
-        stats_suffice=True,
-        compute=_fd_on("clip_embed", "fd_clip"),
-        weights=("clip",),
-    ),
+    frechet_spec("fd_dinov2", "dinov2_cls", "Frechet distance of DINOv2 ViT-L/14 CLS features (dgm-eval / EDM2 FD-DINOv2)", ("dinov2",)),
+    frechet_spec("fd_dinov2_b14", "dinov2_b14_cls", "Frechet distance of DINOv2 ViT-B/14 CLS features", ("dinov2-b14",)),
+    frechet_spec("fd_clip", "clip_embed", "Frechet distance of CLIP ViT-L/14@336 image embeddings", ("clip",)),
     MetricSpec(
         "cmmd",
         False,
