@@ -7,6 +7,7 @@ A config is resolved once (defaults ← TOML ← explicit flags) and then writte
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -116,6 +117,15 @@ class RunConfig:
             raise GenevalError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.shard_size < 1:
             raise GenevalError(f"shard_size must be >= 1, got {self.shard_size}")
+        from geneval.preflight import check_seed
+
+        check_seed(self.seed)  # sample i's noise, KID subsets and bootstrap resamples all draw from it
+        for name in ("guidance", "classifier_scale", "truncation_rate", "ci"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise GenevalError(f"{name} must be a finite float, got {value}")
+        if self.run_id is not None:
+            check_folder_name(self.run_id, "--run-id")
         if self.convention is not None:
             vocab.check("convention", self.convention)
         elif self.guidance is not None:
@@ -171,9 +181,21 @@ class SweepConfig:
             raise GenevalError(f"can only sweep guidance or steps, not {self.param!r}")
         if not self.values:
             raise GenevalError(f"sweep over {self.param} needs at least one value")
+        bad = [v for v in self.values if not math.isfinite(v)]
+        if bad:
+            raise GenevalError(f"sweep over {self.param}: {bad[0]} is not a finite number")
+        if self.sweep_id is not None:
+            check_folder_name(self.sweep_id, "--sweep-id")
 
     def to_dict(self) -> dict[str, Any]:
         return {"param": self.param, "values": list(self.values), "sweep_id": self.sweep_id, "base": self.base.to_dict()}
+
+
+def check_folder_name(name: str, what: str) -> None:
+    """A report folder name (--run-id, --sweep-id) is one plain name: it cannot reach outside --out-dir."""
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if not name or name in (".", "..") or any(s in name for s in seps) or "\0" in name:
+        raise GenevalError(f"{what} {name!r} must be a plain folder name (no path separators, not '.' or '..')")
 
 
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
@@ -183,6 +205,8 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
         path: the .toml file.
     """
     p = Path(path)
+    if p.is_dir():
+        raise GenevalError(f"config file {p} is a folder; pass the .toml file")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -246,4 +270,5 @@ def _check_type(name: str, value: Any) -> None:
         ok = True
     if not ok:
         kind = want.split(" |")[0]
-        raise GenevalError(f"{name} must be a {'finite ' if kind == 'float' else ''}{kind}, got {value!r}")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise GenevalError(f"{name} must be {'a finite' if kind == 'float' else article} {kind}, got {value!r}")

@@ -478,9 +478,6 @@ def evaluate(
     except GenevalError as e:
         error = e
     distributed.agree(dist, error)  # a failure on any rank stops every rank before any extraction
-    if dist.is_main:
-        for w in plan.warnings.values():
-            warnings.warn(w, stacklevel=2)
     extractor = Extractors(config, plan.weights, any("logits" in get_metric(m).needs for m in plan.metrics), plan.networks)
     side = features_for_source(plan.samples, plan.sample_needs, config, plan.weights, extractor=extractor, label="samples")
     ref_side = None
@@ -488,8 +485,11 @@ def evaluate(
         ref_side = features_for_source(plan.ref, plan.ref_needs, config, plan.weights, extractor=extractor, label="reference")
     if not dist.is_main:  # features were merged on rank 0, which scores and reports
         return None
-    # Rejected files can shrink N after preflight: check again before any number is made.
-    check_sizes(plan.metrics, side.n, None if ref_side is None else ref_side.n, options)
+    # Rejected files can shrink N after preflight: check again before any number is made. The
+    # small-N bias warnings are given now, with the N really scored (and never before a fatal error).
+    bias = check_sizes(plan.metrics, side.n, None if ref_side is None else ref_side.n, options)
+    for w in bias.values():
+        warnings.warn(w, stacklevel=2)
     info = _info(extractor, config, plan.weights)
     rs = score(
         side,
@@ -502,7 +502,7 @@ def evaluate(
         model=model,
         extra_provenance=extra_provenance,
         started=started,
-        bias_warnings=plan.warnings,
+        bias_warnings=bias,
     )
     rs.config = {
         "command": "eval",
@@ -514,7 +514,7 @@ def evaluate(
         "options": asdict(options),
         "samples_report": None if side.report is None else side.report.to_dict(),
         "ref_report": None if (ref_side is None or ref_side.report is None) else ref_side.report.to_dict(),
-        "warnings": list(plan.warnings.values()),
+        "warnings": list(bias.values()),
         "world_size": dist.world,
     }
     return rs

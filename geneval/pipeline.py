@@ -153,6 +153,9 @@ def preflight(cfg: RunConfig) -> RunPlan:
     from geneval.sources import open_source
     from geneval.weights import resolve_inception
 
+    from geneval.preflight import check_device
+
+    check_device(cfg.device)  # a typo or a missing GPU: now, not as a checkpoint that "does not load"
     names = tuple(expand_metrics(cfg.metrics))
     check_computable(names, "run")  # psnr, lpips_div, ... need pixels or pairs: refuse before sampling
     sampling_config(cfg).validate()  # sampler name, guidance knobs: before anything is loaded
@@ -286,6 +289,11 @@ def load_generator(cfg: RunConfig) -> Any:
         for flag, value in (("--cfg-channels", cfg.cfg_channels), ("--truncation-rate", cfg.truncation_rate)):
             if value is not None:
                 raise GenevalError(f"{flag} applies to latent (DiT) or VQ-Diffusion models; {cfg.model} is a pixel-space UNet")
+        for flag, value in (("--skip", cfg.skip), ("--vq-config", cfg.vq_config), ("--vq-token-map", cfg.vq_token_map)):
+            if value is not None:
+                raise GenevalError(f"{flag} applies to VQ-Diffusion models (--vq); {cfg.model} is a pixel-space UNet")
+        if cfg.upsampler_preset is not None:
+            raise GenevalError("--upsampler-preset applies to a cascade: pass --upsampler CKPT")
         return None
     return gen
 

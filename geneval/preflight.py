@@ -8,6 +8,7 @@ that fits N, and the N < 2048 bias warnings. Used by `geneval.evaluation` and `g
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -131,6 +132,7 @@ def preflight(
     check_computable(names, "eval")
     vocab.check("mode", config.mode)
     vocab.check("precision", config.precision)
+    check_device(config.device)
     if config.shard_size < 1:
         raise GenevalError(f"shard size must be >= 1, got {config.shard_size}")
     if config.batch_size < 1:
@@ -138,6 +140,8 @@ def preflight(
     vocab.check("is_convention", options.is_convention)
     if options.kid_subsets < 1:
         raise GenevalError(f"KID needs at least 1 subset, got {options.kid_subsets}")
+    for seed in {options.kid_seed, options.is_seed, options.ci_seed}:
+        check_seed(seed)
     needs_ref = [n for n in names if get_metric(n).needs_ref]
     need_logits = any("logits" in get_metric(n).needs for n in names)
     weights = resolve_inception(config.weights, need_logits=need_logits)  # MissingWeightsError names the file
@@ -165,6 +169,51 @@ def preflight(
     n_ref = ref_src.n if ref_src is not None else None
     found = check_sizes(names, sample_src.n, n_ref, options)
     return Plan(names, sample_src, ref_src, weights, s_needs, r_needs, found, tuple(networks))
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+SEED_MAX = 2**32 - 1  # numpy's RandomState (KID subsets, the torch-fidelity IS shuffle) takes no more
+
+
+def check_device(device: str | None) -> None:
+    """A --device torch cannot parse, or an accelerator that is not there, fails now with one line.
+
+    Args:
+        device: the requested device ("cpu", "cuda", "cuda:1", "mps"); None: the default, always usable.
+    """
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in DEVICE_TYPES:
+        raise GenevalError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps")
+    if dev.type == "cpu":
+        return
+    if dev.type == "mps":
+        available, count = torch.backends.mps.is_available(), 1
+    else:
+        backend = getattr(torch, dev.type, None)  # torch.cuda, torch.xpu
+        available = backend is not None and backend.is_available()
+        count = backend.device_count() if available else 0
+    name = dev.type.upper()
+    if not available:
+        raise GenevalError(f"--device {device} requested but {name} is not available")
+    if dev.index is not None and dev.index >= count:
+        raise GenevalError(f"--device {device}: only {count} {name} device(s) here ({dev.type}:0 to {dev.type}:{count - 1})")
+
+
+def check_seed(seed: int, what: str = "seed") -> None:
+    """Seeds feed numpy's RandomState and SeedSequence: integers in [0, 2**32 - 1]."""
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        value = None
+    if isinstance(seed, bool) or value is None or not 0 <= value <= SEED_MAX:
+        raise GenevalError(f"{what} must lie in [0, 2**32 - 1], got {seed!r}")
 
 
 def check_servable(src: Source, metrics: Iterable[str], which: str, needs) -> None:

@@ -231,7 +231,10 @@ def recon(
         rq_codebooks: trained codebooks instead: a safetensors file with ``codebooks`` of shape
             (1, K, C) (shared across depths) or (D, K, C) (one per depth).
     """
+    from geneval.preflight import check_device
+
     t0 = time.time()
+    check_device(device)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if n is not None and n < 1:
         raise GenevalError(f"n must be >= 1, got {n}")
@@ -239,6 +242,8 @@ def recon(
         raise GenevalError(f"batch size must be >= 1, got {batch_size}")
     if reconstructions is not None and ae is not None:
         raise GenevalError("give either an autoencoder or stored reconstructions, not both")
+    if reconstructions is not None and ae_config is not None:
+        raise GenevalError("--ae-config applies to an autoencoder (--ae); stored reconstructions (--reconstructions) have none")
     progress = progress_mode(progress)
 
     # ---- preflight: everything that can fail cheaply fails before the first batch

@@ -24,6 +24,7 @@ from geneval.evaluation import (
     effective_precision,
     stream_source,
 )
+from geneval.preflight import check_device
 from geneval.results import utc_now
 from geneval.runner import distributed
 from geneval.runner.execute import Needs
@@ -78,9 +79,13 @@ def build_reference(
         raise GenevalError(f"reference output must end in .npz, got {out}")
     vocab.check("mode", mode)
     vocab.check("precision", precision)
+    check_device(device)
     if stats_only:
         with_images = with_features = False
     src = open_source(source)
+    src_path = getattr(src, "path", None)
+    if src_path is not None and out.exists() and out.resolve() == Path(src_path).resolve():
+        raise GenevalError(f"--out {out} is the source itself: write the reference to another file")
     if not src.has_images:
         raise GenevalError(f"{src.spec} holds statistics only: a reference is built from images")
     src.check_nonempty()

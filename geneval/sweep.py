@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from geneval.config import RunConfig, SweepConfig
 from geneval.errors import GenevalError
 from geneval.results import ResultSet, atomic_write_text, new_run_id, write_results
+from geneval.runner.output import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ def parse_values(text: str, param: str) -> tuple[float, ...]:
             v = float(tok)
         except ValueError:
             raise GenevalError(f"--{param}: {tok!r} is not a number") from None
+        if not math.isfinite(v):
+            raise GenevalError(f"--{param}: {tok!r} is not a {'positive integer' if param == 'steps' else 'finite number'}")
         if param == "steps":
             if v != int(v) or v < 1:
                 raise GenevalError(f"--steps: {tok!r} is not a positive integer")
@@ -71,6 +75,7 @@ def sweep(base: RunConfig, param: str, values: Sequence[float], sweep_id: str | 
     out = Path(base.out_dir) / cfg.sweep_id
     if out.exists():
         raise GenevalError(f"sweep folder {out} already exists: pick another --sweep-id")
+    check_writable(base.out_dir, "output folder")  # named as given, not as the hidden partial folder inside it
     started = time.perf_counter()
     partial = Path(base.out_dir) / f".{cfg.sweep_id}.partial"
     runs_dir = partial / "runs"

@@ -109,6 +109,13 @@ def register(app: typer.Typer) -> None:
 
         if lpips_net not in ("alex", "vgg", "squeeze"):
             raise GenevalError(f"unknown --lpips-net {lpips_net!r}: use alex, vgg or squeeze")
+        if out is not None:  # an --out that cannot be written fails before any image is read
+            from geneval.runner.output import check_output_file, check_writable
+
+            if out.suffix.lower() in (".json", ".csv", ".md"):
+                check_output_file(out, "--out")
+            else:
+                check_writable(out, "--out folder")
         rs = recon(
             ae=ae,
             data=data,

@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from geneval.sampling.generate import (
             SamplingConfig,
+            check_classes,
             check_models,
             sample_to_npz,
         )
@@ -112,17 +113,17 @@ def register(app: typer.Typer) -> None:
             raise GenevalError("--classifier-scale > 0 needs a noisy classifier: pass --classifier CKPT (and --classifier-preset for a .pt)")
         if batch_size < 1:
             raise GenevalError(f"--batch-size must be >= 1, got {batch_size}")
-        import torch
-
+        if shard_size < 1:
+            raise GenevalError(f"--shard-size: shard size must be >= 1, got {shard_size}")
         from geneval.models.formats import load_model
+        from geneval.preflight import check_device
         from geneval.runner import distributed
         from geneval.runner.output import check_output_file
 
         check_output_file(out, "--out", (".npz",))  # before loading anything
+        check_device(device)
         dist = distributed.init(device)
         dev = distributed.device_for(dist, device)
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise GenevalError(f"--device {dev} requested but CUDA is not available")
         from geneval import zoo
 
         # The zoo's names work as in `run`: `demo` is the shipped Fashion-MNIST UNet / classifier.
@@ -131,6 +132,7 @@ def register(app: typer.Typer) -> None:
         m = load_model(model, preset=preset, device=dev)
         clf = load_model(classifier, preset=classifier_preset, device=dev) if classifier else None
         check_models(m, cfg, clf if classifier_scale > 0 else None)
+        check_classes(m, classes, clf)
         if dist.is_main:
             print(
                 f"geneval sample: {m.format} {m.kind} {m.image_size}px, {cfg.sampler} {cfg.resolved_respacing()}, n={n}, seed={seed}", file=sys.stderr

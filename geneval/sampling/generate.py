@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import time
@@ -92,6 +93,13 @@ class SamplingConfig:
             raise GenevalError(f"n must be >= 1, got {self.n}")
         if self.steps < 1:
             raise GenevalError(f"steps must be >= 1, got {self.steps}")
+        from geneval.preflight import check_seed
+
+        check_seed(self.seed)
+        if not (math.isfinite(self.eta) and self.eta >= 0):
+            raise GenevalError(f"eta must be a finite number >= 0, got {self.eta:g}")
+        if self.guidance is not None and not math.isfinite(self.guidance):
+            raise GenevalError(f"guidance must be a finite number, got {self.guidance:g}")
         if self.convention not in CONVENTIONS:
             raise GenevalError(f"unknown guidance convention {self.convention!r}; use 'w' or 's'")
         if self.quantize not in QUANTISATIONS:
@@ -99,8 +107,8 @@ class SamplingConfig:
         for kind in ("convention_source", "respacing_convention"):  # the sampling config checks its own fields
             if getattr(self, kind) is not None:
                 vocab.check(kind, getattr(self, kind))
-        if self.classifier_scale < 0:
-            raise GenevalError(f"classifier scale must be >= 0, got {self.classifier_scale}")
+        if not (math.isfinite(self.classifier_scale) and self.classifier_scale >= 0):
+            raise GenevalError(f"classifier scale must be a finite number >= 0, got {self.classifier_scale:g}")
         if self.classifier_scale > 0 and not spec.supports_classifier_guidance:
             raise GenevalError(f"sampler {self.sampler} does not support classifier guidance; use ddim or ddpm")
         if self.align < 0:
@@ -149,6 +157,19 @@ def check_models(model: Any, cfg: SamplingConfig, classifier: Any = None) -> Non
     if model.is_conditional and classifier is not None and classifier.num_classes != model.num_classes:
         raise GenevalError(f"classifier has {classifier.num_classes} classes, the model {model.num_classes}")
     plan_for(model, cfg)  # bad respacing or scheduler fields fail here
+
+
+def check_classes(model: Any, classes: int | Sequence[int] | None, classifier: Any = None) -> None:
+    """Raise GenevalError if `classes` (--class) are not labels of the model (or of its classifier), before any sampling."""
+    if classes is None:
+        return
+    n_cls = model.num_classes if model.is_conditional else (classifier.num_classes if classifier is not None else None)
+    what = f"--class {int(classes)}" if np.isscalar(classes) else "class labels"
+    if n_cls is None:
+        raise GenevalError(f"{what}: {model.source} is unconditional and no classifier was given")
+    labels = np.atleast_1d(np.asarray(classes, dtype=np.int64))
+    if labels.size and (labels.min() < 0 or labels.max() >= n_cls):
+        raise GenevalError(f"{what}: the model has classes 0..{n_cls - 1}")
 
 
 def draw_labels(lo: int, hi: int, num_classes: int | None, seed: int, classes: int | Sequence[int] | None) -> np.ndarray | None:
@@ -343,6 +364,7 @@ def sample_to_npz(
         raise GenevalError(f"shard size must be >= 1, got {shard_size}")
     if classes is not None and not np.isscalar(classes) and len(classes) != config.n:
         raise GenevalError(f"{len(classes)} class labels for {config.n} samples")
+    check_classes(model, classes, classifier)  # before the shard folder exists
     dist = distributed.current()
     record = {
         "format": "adm-sample-batch",

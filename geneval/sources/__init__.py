@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from geneval.errors import GenevalError
-from geneval.sources.arrays import ArraySource, NpySource
+from geneval.sources.arrays import FLOAT_RANGES, ArraySource, NpySource
 from geneval.sources.base import ReadReport, Source
 from geneval.sources.images import IMAGE_EXTENSIONS, FolderSource, ZipSource
 from geneval.sources.npz import NpzSource
@@ -42,9 +42,13 @@ def open_source(spec: Any, *, labels: Any = None, layout: str = "auto", float_ra
     """
     if isinstance(spec, Source):
         return spec
+    if float_range is not None and float_range not in FLOAT_RANGES:  # a typo fails even where no float array needs it
+        raise GenevalError(f"unknown float range {float_range!r}: use '0,1' or '-1,1'")
     if not isinstance(spec, (str, os.PathLike)):
         return ArraySource(spec, labels, layout=layout, float_range=float_range)
     text = os.fspath(spec)
+    if not text.strip():  # Path("") is the current folder: never read it by accident
+        raise GenevalError("empty path given where images or statistics were expected")
     path = Path(text).expanduser()
     if path.exists():
         return _open_path(path, layout, float_range)
