@@ -179,3 +179,23 @@ def test_quantisation_rules():
     rnd = generate.quantize(x, "round").ravel().tolist()
     assert trunc == [0, 1, 127, 254, 255, 255]  # ((x+1)*127.5) truncated
     assert rnd == [0, 1, 128, 255, 255, 255]  # x*127.5+128 truncated (EDM): rounds to nearest
+
+
+def test_sample_and_run_save_samples_write_the_same_rgb_batch(tmp_path, capsys, monkeypatch):
+    """One rule for both commands: a grayscale model's arr_0 is N×H×W×3 (gray repeated), byte for byte the same."""
+    from test_pipeline import make_tiny_checkpoint
+
+    gray = make_tiny_checkpoint(tmp_path / "gray")  # in_channels=1, 16 px
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=np.random.default_rng(0).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    common = ["--model", str(gray), "--n", "3", "--steps", "2", "--seed", "1", "--device", "cpu", "--progress", "never"]
+    code, _, err = _run(["sample", *common, "--out", "s.npz"], capsys)
+    assert code == 0, err
+    code, _, err = _run(["run", *common, "--metrics", "kid", "--ref", str(ref), "--save-samples", "r.npz", "--out-dir", "rep"], capsys)
+    assert code == 0, err
+    with np.load("s.npz") as s, np.load("r.npz") as r:
+        assert s["arr_0"].shape == r["arr_0"].shape == (3, 16, 16, 3) and s["arr_0"].dtype == np.uint8
+        assert np.array_equal(s["arr_0"][..., 0], s["arr_0"][..., 2])  # gray, repeated
+        assert np.array_equal(s["arr_0"], r["arr_0"]) and np.array_equal(s["arr_1"], r["arr_1"])
+    assert json.loads((tmp_path / "s.npz.json").read_text())["channels"].startswith("rgb")
