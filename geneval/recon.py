@@ -200,6 +200,7 @@ def recon(
     rq_codes: int | None = None,
     rq_fit: int = 256,
     rq_codebooks: str | None = None,
+    rq_per_depth: bool = False,
 ) -> ResultSet:
     """Score an autoencoder's reconstructions (or stored reconstructions) of a data set.
 
@@ -225,6 +226,7 @@ def recon(
             per depth d, code usage, perplexity, dead codes and the error of the image decoded from
             the first d codes (rows ``rq_psnr_d1`` …). Adds the ``rq`` metrics.
         rq_codes: codes K of that codebook (default: the VQ codebook size, 256 for KL).
+        rq_per_depth: fit one codebook per depth instead of RQ-VAE's one shared codebook.
         rq_fit: without `rq_codebooks`, fit the codebook by k-means (20 Lloyd iterations, seeded)
             on the latents of the first `rq_fit` images of `data`: an in-sample fit that measures
             what residual quantisation of this encoder can reach, not a trained RQ-VAE.
@@ -258,7 +260,7 @@ def recon(
     if rq_on and not any(m in RQ_METRICS for m in names):
         names += list(RQ_METRICS)  # --rq-depth asks for the per-depth rows; --metrics may pick some of them
     _check_metrics(names, kind, rq=rq_on)
-    rq_plan = _rq_plan(loaded, rq_depth, rq_codes, rq_fit, rq_codebooks, dev) if rq_on else None
+    rq_plan = _rq_plan(loaded, rq_depth, rq_codes, rq_fit, rq_codebooks, dev, rq_per_depth) if rq_on else None
     if any(m in FEATURE_METRICS for m in names) and n is not None and n < 2:
         raise GenevalError("rFID needs at least 2 images")
     lp = None
@@ -331,7 +333,7 @@ class _RQPlan:
     fit_residual_mse: list[float] | None = None
 
 
-def _rq_plan(loaded, depth: int | None, codes: int | None, fit: int, codebooks: str | None, dev: torch.device) -> _RQPlan:
+def _rq_plan(loaded, depth: int | None, codes: int | None, fit: int, codebooks: str | None, dev: torch.device, per_depth: bool = False) -> _RQPlan:
     """Preflight of the RQ check: build the quantiser (loading trained codebooks when given), fit nothing yet."""
     from geneval.models.autoencoder_rq import ResidualQuantizer, RQAutoencoder
 
@@ -370,6 +372,8 @@ def _rq_plan(loaded, depth: int | None, codes: int | None, fit: int, codebooks: 
             raise GenevalError(f"--rq-codes {codes} disagrees with the {k} codes in {codebooks}")
         if not torch.isfinite(cb).all():
             raise GenevalError(f"--rq-codebooks {codebooks}: the codebooks hold non-finite values")
+        if d_file == 1 and per_depth:
+            raise GenevalError(f"--rq-per-depth, but {codebooks} holds one shared codebook")
         if d_file == 1 and depth is None:
             raise GenevalError(f"{codebooks} holds one shared codebook: give --rq-depth D")
         if d_file > 1 and depth is not None and depth != d_file:
@@ -384,7 +388,7 @@ def _rq_plan(loaded, depth: int | None, codes: int | None, fit: int, codebooks: 
         if depth is None:
             raise GenevalError("give --rq-depth D for the residual-quantisation check")
         k = codes or (int(loaded.config.n_embed) if loaded.config.kind == "vq" else 256)
-        q = ResidualQuantizer(k, c, depth, shared=True)
+        q = ResidualQuantizer(k, c, depth, shared=not per_depth)
         source = "fitted: k-means on the data's first latents"
     rq = RQAutoencoder(encode, model.decode, q.to(dev)).eval()
     return _RQPlan(rq, q, latents, codebooks is None, source, sha)

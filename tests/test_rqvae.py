@@ -185,6 +185,18 @@ def test_recon_with_trained_codebooks_equals_the_quantiser_run_by_hand(tmp_path,
     assert rs.rows[0].extra["rq_codebooks_sha256"] and "rq_fit_images" not in rs.rows[0].extra
 
 
+def test_recon_per_depth_codebooks_leave_less_latent_residual(one_thread):
+    from geneval.recon import recon
+
+    args = dict(data="fashion-mnist:test[0:16]", metrics="rq_usage", n=None, rq_depth=3, rq_codes=8, rq_fit=16, device="cpu")
+    shared = recon("demo-vq", **args).rows
+    own = recon("demo-vq", rq_per_depth=True, **args).rows
+    assert shared[0].extra["rq_shared_codebook"] is True and own[0].extra["rq_shared_codebook"] is False
+    # k-means per depth on the residuals it sees: the fitted residual after the last depth is smaller.
+    assert own[0].extra["rq_fit_residual_mse"][-1] < shared[0].extra["rq_fit_residual_mse"][-1]
+    assert all(a > b for a, b in zip(own[0].extra["rq_fit_residual_mse"], own[0].extra["rq_fit_residual_mse"][1:]))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

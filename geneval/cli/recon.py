@@ -98,6 +98,9 @@ def register(app: typer.Typer) -> None:
         rq_fit: int = typer.Option(
             256, "--rq-fit", help="Fit the residual codebook by k-means on the latents of the first N images of --data (in-sample, seeded)."
         ),
+        rq_per_depth: bool = typer.Option(
+            False, "--rq-per-depth", help="Fit one residual codebook per depth instead of RQ-VAE's one shared codebook."
+        ),
         rq_codebooks: str | None = typer.Option(
             None, "--rq-codebooks", help="Trained residual codebooks instead of fitting: safetensors with 'codebooks' (1 or D, K, C)."
         ),
@@ -135,6 +138,7 @@ def register(app: typer.Typer) -> None:
             rq_codes=rq_codes,
             rq_fit=rq_fit,
             rq_codebooks=rq_codebooks,
+            rq_per_depth=rq_per_depth,
         )
         cfg = rs.config
         who = cfg.get("ae") or f"stored reconstructions {cfg.get('reconstructions')}"
