@@ -396,3 +396,26 @@ def test_catalogue_covers_every_command():
     assert {"eval", "run", "sweep", "sample", "recon", "report", "compare", "gate", "ref build", "weights fetch"} <= leaves
     covered = {leaf for leaf in leaves for c in CASES if f"{c.argv} ".startswith(f"{leaf} ")}
     assert covered == leaves, f"commands without catalogue entries: {sorted(leaves - covered)}"
+
+
+def test_every_command_prints_warnings_in_one_style(inputs, tmp_path, monkeypatch, capsys):
+    """'warning: …', one line, whether it comes from warnings.warn or a logger (no 'file.py:12: UserWarning', no bare text)."""
+    import logging
+    import warnings
+
+    def noisy():
+        warnings.warn("a python\nwarning", UserWarning, stacklevel=1)
+        logging.getLogger("geneval.somewhere").warning("a logged warning")
+        return []
+
+    monkeypatch.setattr("geneval.weights.list_weights", noisy)
+    with pytest.raises(SystemExit) as e:
+        main(["weights", "list"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 0 and err == ["warning: a python warning", "warning: a logged warning"], err
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "rec.npz", arr_0=np.load(inputs / "good.npy"))
+    with pytest.raises(SystemExit) as e:  # recon's own log line, which had no prefix at all
+        main(["recon", "--data", str(inputs / "good.npy"), "--reconstructions", str(tmp_path / "rec.npz"), "--metrics", "psnr", "--n", "100"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert e.value.code == 0 and err[0] == "warning: asked for n=100 but the data holds 8 images: using 8", err

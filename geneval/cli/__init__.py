@@ -8,6 +8,7 @@ exit code 2.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 import warnings
 
@@ -67,6 +68,16 @@ def build_app() -> typer.Typer:
     return app
 
 
+class _WarningLines(logging.Handler):
+    """Log records at WARNING and above, as one "warning: ..." line on the current stderr (every command)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {' '.join(record.getMessage().split())}", file=sys.stderr)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
@@ -84,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     from geneval.runner import distributed
 
     app = build_app()
+    lines = _WarningLines()  # eval and ref build route geneval's own log lines through their handler instead
+    logging.getLogger().addHandler(lines)
     try:
         with warnings.catch_warnings():
             # One style for every command's warnings: "warning: ..." (as the log lines are printed).
@@ -127,5 +140,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         raise
     finally:
+        logging.getLogger().removeHandler(lines)
         distributed.shutdown()
     sys.exit(rc if isinstance(rc, int) else 0)

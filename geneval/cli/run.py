@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,11 +80,6 @@ _SHARD = typer.Option(
 _SAVE = typer.Option(None, "--save-samples", help="Also write the samples as an ADM .npz (arr_0 uint8 NHWC, arr_1 labels).")
 _OUT = typer.Option(None, "--out-dir", help="Parent folder of the report folder (default reports).")
 _CONFIG = typer.Option(None, "--config", help="TOML file with run settings (keys = the long option names with _); flags override it.")
-
-
-def _setup_logging() -> None:
-    # One style for every command: "warning: ..." (as eval and ref build print them).
-    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
 
 
 def _resolve(config: Path | None, flags: dict[str, Any]):
@@ -188,7 +182,6 @@ def register(app: typer.Typer) -> None:
         from geneval.pipeline import run_config
         from geneval.runner import distributed
 
-        _setup_logging()
         mode_progress = progress_choice(progress, no_progress)  # a bad value fails before anything starts
         distributed.init(device)
         cfg = _resolve(
@@ -279,7 +272,6 @@ def register(app: typer.Typer) -> None:
         """
         from geneval.sweep import parse_values, sweep
 
-        _setup_logging()
         mode_progress = progress_choice(progress, no_progress)
         if guidance is not None and steps is not None and "," in steps:
             raise GenevalError("sweep one parameter at a time: give a list to --guidance or to --steps, not both")
