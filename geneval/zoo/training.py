@@ -97,10 +97,10 @@ def log_record(work: Path, rec: dict[str, Any]) -> None:
         f.write(json.dumps(rec) + "\n")
 
 
-
 def run_record(module: str, steps: int, batch_size: int, wall_s: float) -> dict[str, Any]:
     """The head of a training record (train_meta.json): the command line, steps, batch size, wall-clock seconds."""
     return {"command": f"python -m {module} " + " ".join(sys.argv[1:]), "steps": steps, "batch_size": batch_size, "wall_s": round(wall_s, 1)}
+
 
 def training_state(
     net: torch.nn.Module, ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer, step: int, wall_s: float, **extra: Any
