@@ -153,9 +153,10 @@ def preflight(cfg: RunConfig) -> RunPlan:
     from geneval.sources import open_source
     from geneval.weights import resolve_inception
 
-    from geneval.preflight import check_device
+    from geneval.preflight import check_cache, check_device
 
     check_device(cfg.device)  # a typo or a missing GPU: now, not as a checkpoint that "does not load"
+    check_cache("runs")  # the run's shards; before weights are converted into the same folder
     names = tuple(expand_metrics(cfg.metrics))
     check_computable(names, "run")  # psnr, lpips_div, ... need pixels or pairs: refuse before sampling
     sampling_config(cfg).validate()  # sampler name, guidance knobs: before anything is loaded
@@ -204,9 +205,6 @@ def preflight(cfg: RunConfig) -> RunPlan:
     check_writable(out_dir, "output folder")
     if cfg.save_samples:
         check_output_file(cfg.save_samples, "--save-samples", (".npz",))
-    from geneval.weights import cache_dir
-
-    check_writable(cache_dir() / "runs", "cache folder (GENEVAL_CACHE)")
 
     try:
         generator = load_generator(cfg)

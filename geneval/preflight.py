@@ -113,6 +113,16 @@ def check_sizes(metrics: Iterable[str], n_samples: int | None, n_ref: int | None
     return found
 
 
+def check_cache(sub: str) -> None:
+    """Prove the cache folder writable before any work (GENEVAL_CACHE moves it). Shards go into a
+    subfolder: `features/` for cached extraction, `scratch/` for a job's private shards without a
+    cache, `runs/` for `geneval run`."""
+    from geneval.runner.output import check_writable
+    from geneval.weights import cache_dir
+
+    check_writable(cache_dir() / sub, "cache folder (GENEVAL_CACHE)")
+
+
 def preflight(
     samples: Any, ref: Any, metrics: str | Iterable[str], config: ExtractConfig, options: MetricOptions, features: str | None = None
 ) -> Plan:
@@ -144,6 +154,7 @@ def preflight(
         check_seed(seed)
     needs_ref = [n for n in names if get_metric(n).needs_ref]
     need_logits = any("logits" in get_metric(n).needs for n in names)
+    check_cache("features" if config.cache else "scratch")
     weights = resolve_inception(config.weights, need_logits=need_logits)  # MissingWeightsError names the file
     from geneval.runner.features import check_networks, networks_for
 

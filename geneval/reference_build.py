@@ -24,7 +24,7 @@ from geneval.evaluation import (
     effective_precision,
     stream_source,
 )
-from geneval.preflight import check_device
+from geneval.preflight import check_cache, check_device
 from geneval.results import utc_now
 from geneval.runner import distributed
 from geneval.runner.execute import Needs
@@ -91,6 +91,7 @@ def build_reference(
     src.check_nonempty()
     if src.n is not None and src.n < 2:
         raise GenevalError(f"a reference needs at least 2 images for a covariance, got N={src.n}")
+    check_cache("features" if cache else "scratch")
     resolved = resolve_inception(weights)
     dist = distributed.current()
     config = ExtractConfig(mode, device, precision, batch_size, weights, cache, progress, shard_size)

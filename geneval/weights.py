@@ -172,7 +172,10 @@ def cache_dir(create: bool = False) -> Path:
         xdg = os.environ.get("XDG_CACHE_HOME")
         d = (Path(xdg) if xdg else Path.home() / ".cache") / "geneval"
     if create:
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GenevalError(f"cache folder (GENEVAL_CACHE) {d} cannot be created ({e.strerror or e})") from None
     return d
 
 

@@ -45,6 +45,7 @@ EVAL = "eval {d}/good.npy --ref {d}/good.npz"
 RECON = "recon --data {d}/good.npy --reconstructions {d}/good.npz --metrics psnr"
 GATE = "gate {d}/runs/a --baseline {d}/runs/a/results.json"
 CUDA_GONE = r"(CUDA is not available|only \d+ CUDA device)"
+CACHE_UNDER_FILE = {"GENEVAL_CACHE": "{d}/plainfile/cache"}  # the cache folder cannot be made: its parent is a file
 NO_WEIGHTS = {"GENEVAL_CACHE": "{d}/nocache", "TORCH_HOME": "{d}/torch"}  # empty: a CI cache holding the files must not matter
 
 CASES = [
@@ -92,6 +93,11 @@ CASES = [
     Case("eval-out-is-folder", EVAL + " --out {d}/dir.json", r"dir\.json is a folder; give a file name"),
     Case("eval-out-parent-is-file", EVAL + " --out {d}/plainfile/r.json", r"plainfile is a file, not a folder"),
     Case("eval-out-unwritable", EVAL + " --out {ro}/r.json", r"is not writable"),
+    Case("eval-cache-under-file", EVAL, r"cache folder \(GENEVAL_CACHE\) .*plainfile is a file", env=CACHE_UNDER_FILE),
+    Case(
+        "eval-no-cache-scratch-under-file", EVAL + " --no-cache", r"cache folder \(GENEVAL_CACHE\) .*scratch cannot be created", env=CACHE_UNDER_FILE
+    ),
+    Case("run-cache-under-file", RUN, r"cache folder \(GENEVAL_CACHE\) .*plainfile is a file", env=CACHE_UNDER_FILE),
     # ---- ref build
     Case("ref-build-missing-out", "ref build {d}/good.npy", r"Missing option '--out'"),
     Case("ref-build-out-suffix", "ref build {d}/good.npy --out r.txt", r"unknown format \.txt; use \.npz"),
@@ -101,6 +107,12 @@ CASES = [
     Case("ref-build-stats-source", "ref build {d}/stats.npz --out r.npz", r"holds statistics only: a reference is built from images"),
     Case("ref-build-device-unknown", "ref build {d}/good.npy --out r.npz --device banana", r"unknown device 'banana'"),
     Case("ref-no-subcommand", "ref", r"missing command: geneval ref needs one of build"),
+    Case(
+        "ref-build-cache-under-file",
+        "ref build {d}/good.npy --out r.npz",
+        r"cache folder \(GENEVAL_CACHE\) .*plainfile is a file",
+        env=CACHE_UNDER_FILE,
+    ),
     # ---- run: numbers and vocabularies
     Case("run-n-zero", RUN + " --n 0", r"--num-samples"),
     Case("run-n-negative", RUN + " --n -3", r"--num-samples"),
