@@ -252,6 +252,7 @@ def stream_source(src: Source, needs: Needs, config: ExtractConfig, weights: Any
         if streamed.n == 0:
             raise GenevalError(f"{label} {src.spec}: no images to extract features from (0 images could be read)")
         log.info("%s: %s", label, report.summary())
+        store.release()
         if not config.cache:
             distributed.barrier(dist)
             if dist.is_main:

@@ -587,6 +587,7 @@ def execute(plan: RunPlan, *, ref_side: Any = None, started: float | None = None
             if grid.full and labels is None:
                 break
         _write_outputs(plan, rs, grid, store)
+    store.release()  # every rank lets go, so rank 0's removal sees only other jobs' holds
     distributed.barrier(dist)
     if dist.is_main and not os.environ.get("GENEVAL_KEEP_SHARDS"):
         store.remove()

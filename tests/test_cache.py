@@ -216,3 +216,20 @@ def test_ref_build_resumes_after_interrupt(private_cache, tmp_path, monkeypatch,
     with np.load(out) as a, np.load(clean) as b:
         np.testing.assert_allclose(a["mu"], b["mu"], rtol=0, atol=1e-5)
         np.testing.assert_allclose(a["sigma"], b["sigma"], rtol=0, atol=1e-5)
+
+
+def test_a_finished_job_never_removes_a_store_another_job_holds(tmp_path):
+    """Two jobs with one key (two identical runs at once): the first to finish leaves the shards to
+    the other, which removes them when it is done. flock locks per open file, so two stores in one
+    process behave like two processes."""
+    import numpy as np
+
+    from geneval.runner.shards import ShardStore
+
+    a = ShardStore(tmp_path, {"k": 1}, n=4, shard_size=2).open()
+    b = ShardStore(tmp_path, {"k": 1}, n=4, shard_size=2).open()
+    a.save(0, {"indices": np.arange(2)})
+    assert a.remove() is False  # b still holds it
+    arrays, _ = b.load(0)
+    assert arrays["indices"].tolist() == [0, 1]
+    assert b.remove() is True and not b.dir.exists()

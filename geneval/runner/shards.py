@@ -57,9 +57,27 @@ class ShardStore:
         self.dir = Path(root) / self.digest
         self.n, self.shard_size = n, shard_size
         self.num_shards = (n + shard_size - 1) // shard_size
+        self._users_fd: int | None = None
+
+    def _users_lock(self) -> int:
+        """The store's users lock, beside it (root/.locks/<digest>.lock): every process that opened
+        the store holds it shared; `remove` needs it exclusively. It outlives the store on purpose: a
+        lock file deleted while another process waits on it would lock nothing."""
+        locks = self.dir.parent / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return os.open(locks / f"{self.digest}.lock", os.O_CREAT | os.O_RDWR, 0o644)
 
     def open(self) -> ShardStore:
-        """Create the folder and its manifest (idempotent; every rank may call it)."""
+        """Create the folder and its manifest (idempotent; every rank may call it).
+
+        The process holds the store (a shared flock) until `release` or `remove`, so another job
+        with the same key that finishes first never deletes shards this one is reading; a removal
+        in progress is waited for, then the store is made afresh.
+        """
+        if self._users_fd is None:
+            fd = self._users_lock()
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._users_fd = fd
         self.dir.mkdir(parents=True, exist_ok=True)
         manifest = self.dir / "manifest.json"
         if manifest.exists():
@@ -135,19 +153,39 @@ class ShardStore:
         except (OSError, ValueError):
             return None
 
-    def remove(self) -> None:
-        """Delete the store (after a successful job that keeps no cache).
+    def __del__(self) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Stop holding the store (every rank, before the rank that removes it tries)."""
+        if self._users_fd is not None:
+            os.close(self._users_fd)  # closing drops the flock
+            self._users_fd = None
+
+    def remove(self) -> bool:
+        """Delete the store (after a successful job that keeps no cache); False when another
+        process still holds it open (that process removes it when it is done).
 
         The folder is first renamed aside (one atomic step), so a process killed while deleting
         leaves a `.trash-*` folder that the next store opened in the same root sweeps, never a
         half-deleted store.
         """
-        trash = self.dir.parent / f".trash-{self.dir.name}-{os.getpid()}"
+        self.release()
+        fd = self._users_lock()
         try:
-            os.replace(self.dir, trash)
-        except OSError:  # gone already, or a stale trash of that name: delete in place
-            trash = self.dir
-        shutil.rmtree(trash, ignore_errors=True)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            trash = self.dir.parent / f".trash-{self.dir.name}-{os.getpid()}"
+            try:
+                os.replace(self.dir, trash)
+            except OSError:  # gone already, or a stale trash of that name: delete in place
+                trash = self.dir
+            shutil.rmtree(trash, ignore_errors=True)
+            return True
+        finally:
+            os.close(fd)
 
 
 def sweep_trash(root: str | os.PathLike) -> None:

@@ -413,6 +413,7 @@ def sample_to_npz(
         except BaseException:
             writer.discard()
             raise
+    store.release()
     total_resumed = distributed.all_reduce_sum(dist, torch.tensor([float(resumed)], dtype=torch.float64))
     record.update(resumed_shards=int(total_resumed.item()), wall_s=round(time.perf_counter() - t0, 3))
     if dist.is_main:
