@@ -269,3 +269,22 @@ def test_killed_rank_ends_the_job_and_rerun_resumes_identically(ckpt, tmp_path, 
     assert rows[0]["extra"]["resumed_shards"] >= 1
     with np.load(out / "killed.npz") as a, np.load(tmp_path / "fresh" / "fresh.npz") as b:
         np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+
+
+def test_sweep_under_torchrun_is_one_job_with_the_same_numbers(ckpt, tmp_path, cache):
+    """`torchrun … geneval sweep`: one sweep folder written by rank 0, every point's numbers equal to a
+    one-process sweep (it used to run a whole sweep per rank, racing on one shard store)."""
+    values = {}
+    for world in (1, 2):
+        out = tmp_path / f"w{world}"
+        args = ["sweep", "--model", str(ckpt), "--steps", "2,3", "--metrics", "fid,kid", "--ref", REF, "--num-samples", str(N)]
+        args += ["--seed", "5", "--batch-size", "4", "--device", "cpu", "--out-dir", str(out), "--sweep-id", "s", "--progress", "never"]
+        p = launch(world, args, cache)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert sorted(q.name for q in out.iterdir()) == ["s"]  # one folder, no partial left
+        rows = json.loads((out / "s" / "results.json").read_text())["results"]
+        values[world] = {(r["extra"]["sweep_value"], r["metric"]): r["value"] for r in rows}
+        assert json.loads((out / "s" / "config.json").read_text())["world_size"] == world
+    assert values[1].keys() == values[2].keys() and len(values[1]) == 4
+    for k, v in values[1].items():
+        assert values[2][k] == pytest.approx(v, rel=REL, abs=1e-12), k

@@ -270,9 +270,11 @@ def register(app: typer.Typer) -> None:
 
         Example: geneval sweep --model ckpt/ --guidance 0,0.5,1,2,4 --convention w --metrics fid,pr --n 10000
         """
+        from geneval.runner import distributed
         from geneval.sweep import parse_values, sweep
 
         mode_progress = progress_choice(progress, no_progress)
+        distributed.init(device)
         if guidance is not None and steps is not None and "," in steps:
             raise GenevalError("sweep one parameter at a time: give a list to --guidance or to --steps, not both")
         if guidance is not None:
@@ -306,4 +308,5 @@ def register(app: typer.Typer) -> None:
             ),
         )
         rs = sweep(base, param, values, sweep_id=sweep_id)
-        _print_results(rs, "sweep report")
+        if distributed.current().is_main:
+            _print_results(rs, "sweep report")

@@ -226,12 +226,21 @@ def check_writable(folder: str | os.PathLike, what: str) -> None:
             probe_parent = probe_parent.parent
         if not probe_parent.is_dir():
             raise GenevalError(f"{what} {folder} cannot be created: {probe_parent} is a file, not a folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = locked_temp(folder, ".geneval-probe.", ".tmp")  # a killed prober's file is swept by the next
-        try:
-            os.unlink(probe)
-        finally:
-            os.close(fd)
+        for attempt in range(3):
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, probe = locked_temp(folder, ".geneval-probe.", ".tmp")  # a killed prober's file is swept by the next
+            except FileNotFoundError:
+                # Another prober (a second rank checking the same folder) removed the folder it had
+                # made just for its probe, between our mkdir and our probe: make it again.
+                if attempt == 2:
+                    raise
+                continue
+            try:
+                os.unlink(probe)
+            finally:
+                os.close(fd)
+            break
     except OSError as e:
         raise GenevalError(f"{what} {folder} is not writable ({e.strerror or e})") from None
     finally:
