@@ -154,7 +154,10 @@ class ShardStore:
             return None
 
     def __del__(self) -> None:
-        self.release()
+        try:  # a store dropped without release/remove (an error path) lets go of its hold
+            self.release()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: os may already be gone)
+            pass
 
     def release(self) -> None:
         """Stop holding the store (every rank, before the rank that removes it tries)."""
