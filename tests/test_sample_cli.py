@@ -147,7 +147,7 @@ def test_shard_resume_gives_identical_output(ckpts, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         sample_to_npz(model, tmp_path / "b.npz", cfg, batch_size=2, shard_size=3)
     assert not (tmp_path / "b.npz").exists()
-    (store,) = (tmp_path / "b.npz.shards").iterdir()  # one folder per job key
+    (store,) = [p for p in (tmp_path / "b.npz.shards").iterdir() if not p.name.startswith(".")]  # one folder per job key (+ .locks)
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(".")) == ["manifest.json", "shard_000000.npz"]
     monkeypatch.setattr(generate, "generate_range", real)
     resumed = sample_to_npz(model, tmp_path / "b.npz", cfg, batch_size=5, shard_size=3)
